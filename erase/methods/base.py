@@ -1,0 +1,142 @@
+"""The one small interface every erasure method implements.
+
+Two shapes:
+- `ClosedFormMethod.apply(adapter, concept)` edits weights in place (UCE).
+- `FineTuneMethod` gives the shared training loop (`erase.training.train`) a loss: `setup()` once, then
+  `loss(model, step, generator)` per micro-batch. The loop owns the optimiser, accelerate, LoRA, checkpoints.
+
+A method states which architectures it applies to; `check(spec)` refuses the rest at config time, with why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from erase.concept import Concept
+from erase.models.adapter import Conditioning, DiffusionAdapter, ImageCondition
+from erase.models.families import FamilySpec
+
+
+class MethodError(ValueError):
+    """A method cannot run as configured (wrong family, missing component, bad option)."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; training stopped before the bad step touched any weights or checkpoints."""
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    # Which denoiser architectures the method applies to, and why not elsewhere.
+    architectures: ClassVar[tuple[str, ...]] = ("unet", "sd3", "flux")
+    not_applicable_because: ClassVar[str] = ""
+    # Editing kinds the method requires (None = any family, text-to-image included).
+    editing: ClassVar[tuple[str | None, ...] | None] = None
+
+    def unsupported_reason(self, spec: FamilySpec) -> str | None:
+        if spec.architecture not in self.architectures:
+            why = self.not_applicable_because or f"it needs one of the architectures {self.architectures}"
+            return f"method {self.name!r} does not apply to family {spec.name!r} ({spec.architecture}): {why}"
+        if self.editing is not None and spec.editing not in self.editing:
+            return (
+                f"method {self.name!r} trains an editing path {self.editing} but family {spec.name!r} "
+                f"edits through {spec.editing or 'img2img only'}"
+            )
+        return None
+
+    def check(self, spec: FamilySpec) -> None:
+        if reason := self.unsupported_reason(spec):
+            raise MethodError(reason)
+
+
+class ClosedFormMethod(Method):
+    @abstractmethod
+    def apply(self, adapter: DiffusionAdapter, concept: Concept) -> dict[str, float]:
+        """Edit the adapter's weights in place; return a few statistics for the log."""
+
+
+class Original:
+    """The model before erasure, for targets and trajectories.
+
+    With LoRA the base weights are untouched, so the original is the same network with adapters switched off
+    (no second copy in memory); for full fine-tuning it is a frozen deep copy.
+    """
+
+    def __init__(self, adapter: DiffusionAdapter, lora: bool):
+        self.adapter = adapter
+        self.lora = lora
+        self.frozen = None if lora else adapter.frozen_copy()
+
+    @torch.no_grad()
+    def predict(self, x_t: Tensor, t: Tensor, cond: Conditioning, image: ImageCondition | None = None) -> Tensor:
+        if not self.lora:
+            return self.adapter.predict(x_t, t, cond, image, denoiser=self.frozen)
+        net = self.adapter.denoiser
+        net.disable_adapters()
+        try:
+            return self.adapter.predict(x_t, t, cond, image)
+        finally:
+            net.enable_adapters()
+
+    def denoiser(self) -> nn.Module:
+        """A module usable as `denoiser=` for sampling (the frozen copy, or the live one for LoRA: callers
+        sampling with it must wrap the call in `adapters_off()`)."""
+        return self.frozen if self.frozen is not None else self.adapter.denoiser
+
+    def adapters_off(self):
+        return _AdaptersOff(self.adapter.denoiser if self.lora else None)
+
+
+class _AdaptersOff:
+    def __init__(self, net):
+        self.net = net
+
+    def __enter__(self):
+        if self.net is not None:
+            self.net.disable_adapters()
+
+    def __exit__(self, *exc):
+        if self.net is not None:
+            self.net.enable_adapters()
+
+
+class FineTuneMethod(Method):
+    # Module group trained in full fine-tuning, or wrapped with LoRA (see DiffusionAdapter.module_group).
+    group: str = "xattn"
+
+    @abstractmethod
+    def setup(self, adapter: DiffusionAdapter, concept: Concept, original: Original, seed: int) -> None:
+        """Encode prompts, build caches; called once before training (and again on resume)."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, step: int, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        """The loss of one micro-batch at `step`, predicting with `model` (the trained, maybe DDP-wrapped, denoiser).
+        Everything random must come from `generator` (or generators derived from the seed and step) so that a
+        resumed run repeats an uninterrupted one exactly."""
+
+
+def text_only_image_condition(adapter: DiffusionAdapter, n: int) -> ImageCondition | None:
+    """What an editing model sees when a text-to-image objective runs on it with no photo: the image-unconditional
+    branch (zero image latents for InstructPix2Pix; a fully masked blank for inpainting)."""
+    kind = adapter.spec.editing
+    if kind == "instruct":
+        c = adapter.vae.config.latent_channels
+        shape = adapter.latent_shape(n)
+        return ImageCondition(torch.zeros(n, c, *shape[2:], device=adapter.device, dtype=adapter.dtype))
+    if kind == "inpaint":
+        size = adapter.default_size
+        images = torch.zeros(n, 3, size, size, device=adapter.device)
+        masks = torch.ones(n, 1, size, size, device=adapter.device)
+        return adapter.image_condition(images, masks)
+    return None
+
+
+def derived_generator(seed: int, *keys: object) -> torch.Generator:
+    """A generator that depends only on (seed, keys): the same draws after a resume, on every rank."""
+    digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))

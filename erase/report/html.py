@@ -1,0 +1,183 @@
+"""Self-contained HTML reports and markdown tables.
+
+Pages embed every image as a base64 PNG data URI and carry their CSS inline, so one file can be archived,
+mailed or attached to a model card and still render offline. All text goes through `html.escape`: run
+names, prompts ids and metadata come from users and configs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from PIL import Image
+
+# Shown first, in this order, in the evaluation header; any other meta keys follow.
+META_ORDER = ("model", "method", "detector", "version", "protocol", "seed", "steps", "guidance", "resolution")
+
+_CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
+h1 { font-size: 22px; margin: 0 0 12px; }
+h2 { font-size: 17px; margin: 28px 0 8px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+table { border-collapse: collapse; font-size: 13px; margin: 4px 0; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: left; }
+th { background: #f2f2f2; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tbody tr:nth-child(even) { background: #fafafa; }
+dl.meta { display: grid; grid-template-columns: max-content auto; gap: 2px 16px; font-size: 13px;
+          background: #f7f7f9; border: 1px solid #e3e3e8; padding: 10px 14px; margin: 0; }
+dl.meta dt { font-weight: 600; color: #555; }
+dl.meta dd { margin: 0; font-family: ui-monospace, Menlo, monospace; }
+figure { margin: 8px 0; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+div.scroll { overflow-x: auto; max-width: 100%; }
+"""
+
+
+def image_data_uri(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def _columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -> list[str]:
+    if columns is not None:
+        return list(columns)
+    return list(dict.fromkeys(key for row in rows for key in row))  # union, first-seen order
+
+
+def html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    cols = _columns(rows, columns)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = []
+    for row in rows:
+        cells = []
+        for c in cols:
+            v = row.get(c)
+            cls = ' class="num"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+            cells.append(f"<td{cls}>{html.escape(_fmt(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    # The wrapper scrolls wide tables (e.g. 18 per-label columns) instead of widening the whole page.
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _meta_list(meta: Mapping[str, Any]) -> str:
+    keys = [k for k in META_ORDER if k in meta] + [k for k in meta if k not in META_ORDER]
+    items = "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(_fmt(meta[k]))}</dd>" for k in keys)
+    return f'<dl class="meta">{items}</dl>'
+
+
+def _page(title: str, body: Iterable[str]) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+        f"<h1>{html.escape(title)}</h1>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def _write(text: str, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def render_evaluation_page(
+    title: str,
+    summary_rows: Sequence[Mapping[str, Any]],
+    tables: Mapping[str, Sequence[Mapping[str, Any]]],
+    grids: Mapping[str, Image.Image],
+    meta: Mapping[str, Any],
+    path: str | Path,
+) -> Path:
+    """One evaluation: run metadata, a summary table, further named tables, then named image grids.
+
+    Grids are embedded as given: blur flagged tiles before (`image_grid` does by default).
+    """
+    body = [_meta_list(meta), "<h2>Summary</h2>", html_table(summary_rows)]
+    for name, rows in tables.items():
+        body += [f"<h2>{html.escape(name)}</h2>", html_table(rows)]
+    for name, grid in grids.items():
+        alt = html.escape(name, quote=True)
+        body += [
+            f"<h2>{html.escape(name)}</h2>",
+            f'<figure><img alt="{alt}" src="{image_data_uri(grid)}"></figure>',
+        ]
+    return _write(_page(title, body), path)
+
+
+def _scatter_png(runs: Sequence[Mapping[str, Any]], x_key: str, y_key: str, name_key: str) -> Image.Image:
+    # Figure + Agg canvas directly rather than pyplot: no global state, no display backend needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    points = [r for r in runs if _is_number(r.get(x_key)) and _is_number(r.get(y_key))]
+    ax.scatter([r[x_key] for r in points], [r[y_key] for r in points], color="#1f77b4", zorder=3)
+    for r in points:
+        ax.annotate(str(r.get(name_key, "")), (r[x_key], r[y_key]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
+    ax.margins(0.15)  # room for the labels of points at the edges
+    ax.set_xlabel(f"{x_key} (higher is better)")
+    ax.set_ylabel(f"{y_key} (lower is better)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def render_leaderboard(
+    runs: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    x_key: str = "utility",
+    y_key: str = "leakage",
+    name_key: str = "name",
+    title: str = "Leaderboard",
+) -> Path:
+    """Runs compared: a table sorted by `y_key` ascending (least leakage first; runs without it last)
+    and a `y_key`-vs-`x_key` scatter with points labelled by `name_key`."""
+    def rank_key(run: Mapping[str, Any]) -> tuple[bool, float]:
+        y = run.get(y_key)
+        return (not _is_number(y), float(y) if _is_number(y) else 0.0)
+
+    ranked = sorted(runs, key=rank_key)
+    rows = [{"rank": i + 1, **r} for i, r in enumerate(ranked)]
+    cols = ["rank", name_key, y_key, x_key]
+    cols += [c for c in _columns(rows, None) if c not in cols]
+    plot = _scatter_png(runs, x_key, y_key, name_key)
+    body = [
+        html_table(rows, cols),
+        f"<h2>{html.escape(y_key)} vs {html.escape(x_key)}</h2>",
+        f'<figure><img alt="{html.escape(y_key)} vs {html.escape(x_key)}" src="{image_data_uri(plot)}"></figure>',
+    ]
+    return _write(_page(title, body), path)
+
+
+def markdown_summary(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A GitHub-flavoured markdown table (for model cards)."""
+    cols = _columns(rows, columns)
+
+    def cell(v: Any) -> str:
+        return _fmt(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in cols) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
