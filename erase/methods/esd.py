@@ -90,7 +90,7 @@ class ESD(FineTuneMethod):
         states, times = [], []
         with self.original.adapters_off():
             for _, t, x in a.sample_trajectory(
-                cond, uncond, self.num_steps, self.start_guidance, until=until,
+                cond, uncond, self.num_steps, self.start_guidance, until=until or self.num_steps,
                 denoiser=self.original.denoiser(), x_T=x_T, image=image,
             ):
                 states.append(x)

@@ -163,12 +163,15 @@ class DiffusionAdapter:
         te = self.pipe.text_encoder
         if inputs_embeds is None:
             return te(input_ids.to(self.device))[0]
-        # CLIPTextModel takes no inputs_embeds: run its embedding + encoder + final norm by hand.
-        tm = te.text_model
-        pos = tm.embeddings.position_embedding(tm.embeddings.position_ids[:, : inputs_embeds.shape[1]])
-        hidden = inputs_embeds + pos
+        # CLIPTextModel takes no inputs_embeds: run its embeddings (adds positions), causal encoder and final
+        # norm by hand. transformers 5 flattened `text_model` into the model itself; 4.x still nests it.
+        tm = getattr(te, "text_model", te)
+        hidden = tm.embeddings(inputs_embeds=inputs_embeds)
         causal = _causal_mask(hidden.shape[1], hidden.dtype, hidden.device)
-        out = tm.encoder(inputs_embeds=hidden, attention_mask=None, causal_attention_mask=causal)
+        try:
+            out = tm.encoder(inputs_embeds=hidden, attention_mask=causal, is_causal=True)
+        except TypeError:  # transformers 4.x
+            out = tm.encoder(inputs_embeds=hidden, attention_mask=None, causal_attention_mask=causal)
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
         return tm.final_layer_norm(hidden)
 
@@ -337,8 +340,10 @@ class DiffusionAdapter:
         image: ImageCondition | None = None,
     ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Deterministic (DDIM / flow-Euler) sampling with classifier-free guidance, yielding (i, t_i, x_{t_i})
-        before each step i < `until`: the partially denoised latents ESD trains on."""
-        until = num_steps if until is None else until
+        before each step i < `until`: the partially denoised latents ESD trains on. With `until=None` the chain
+        runs to the end and a last item (num_steps, None, x_0) carries the clean latents."""
+        to_end = until is None
+        until = num_steps if to_end else until
         x = x_T if x_T is not None else torch.randn(self.latent_shape(len(cond)), generator=generator).to(self.device, self.dtype)
         ts = self.inference_timesteps(num_steps).to(self.device)
         both = Conditioning.cat([uncond, cond])
@@ -350,6 +355,15 @@ class DiffusionAdapter:
             pred = e_u + guidance * (e_c - e_u)
             t_next = ts[i + 1] if i + 1 < num_steps else None
             x = self.step(x, t, t_next, pred)
+        if to_end:
+            yield num_steps, None, x
+
+    @torch.no_grad()
+    def sample(self, cond: Conditioning, uncond: Conditioning, num_steps: int, guidance: float, **kwargs) -> Tensor:
+        """Clean latents from a full deterministic sampling run (kwargs as for `sample_trajectory`)."""
+        for _, _, x in self.sample_trajectory(cond, uncond, num_steps, guidance, **kwargs):
+            pass
+        return x
 
     def step(self, x: Tensor, t: Tensor, t_next: Tensor | None, pred: Tensor) -> Tensor:
         """One deterministic sampler step from t to t_next (None = to the clean image)."""
@@ -392,9 +406,15 @@ class DiffusionAdapter:
     def linear_modules(self, group: str) -> dict[str, nn.Linear]:
         """The nn.Linear modules whose weights fall in a group (LoRA targets, closed-form edits)."""
         params = set(self.module_group(group))
-        return {
-            name: m for name, m in self.denoiser.named_modules() if isinstance(m, nn.Linear) and f"{name}.weight" in params
-        }
+        modules = dict(self.denoiser.named_modules())
+        found = {}
+        for name, m in modules.items():
+            if not isinstance(m, nn.Linear) or f"{name}.weight" not in params or ".lora_" in name:
+                continue
+            # a layer already wrapped by peft is named by its wrapper (what LoRA targets and fusion address)
+            owner = name.removesuffix(".base_layer")
+            found[owner] = modules[owner] if owner != name else m
+        return found
 
     def set_trainable(self, group: str) -> list[nn.Parameter]:
         """Freeze everything, then unfreeze the group's parameters in the denoiser; returns them."""

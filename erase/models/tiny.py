@@ -1,7 +1,7 @@
 """Tiny randomly initialised pipelines of every family, built from configs in code (no downloads).
 
 They exist so that every code path (loading, erasing, editing, saving) can be tested on CPU in milliseconds,
-the way diffusers tests itself. Sizes follow /shared/reference/tiny-families.md: every config below is the
+the way diffusers tests itself. Sizes follow shared/reference/tiny-families.md: every config below is the
 smallest one known to run on this stack; the comments say which numbers must agree with which.
 """
 

@@ -1,0 +1,71 @@
+"""Text-free photo inversion (TINA-style; cf. "Memories of Forgotten Concepts", arXiv 2412.00782, and TINA,
+arXiv 2603.17828): no prompt ever names the concept.
+
+1. DDIM-invert a reference photo of the concept through the ERASED model with the empty prompt (guidance 1):
+   run the deterministic sampler backwards on the grid 0 -> t_N -> ... -> t_1, each step using the prediction at
+   the next (noisier) timestep on the current latent:
+
+       x_{t+} = sqrt(a_{t+}) x0_hat(x_t, eps(x_t, t+, "")) + sqrt(1 - a_{t+}) eps(x_t, t+, "")
+
+   (flow models: x_{s+} = x_s + (s+ - s) v(x_s, s+), the Euler step run backwards).
+2. Regenerate from the inverted latent x_T with the empty (or a benign) prompt on the same grid. If the model can
+   still represent the concept, the chain lands back on it: text-only erasure does not remove the image manifold.
+
+Editing families: the same through the editing model, conditioned on a photo: the target's photo to edit if given,
+else each reference photo itself, with an empty (benign) instruction; `generate_with` edits that photo starting
+from the inverted latent. The result (kind "latents") carries x_T, the photos, the prompt and the grid
+(num_steps, guidance) that regeneration must use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from erase.models.adapter import Conditioning, DiffusionAdapter, ImageCondition
+from erase.evaluation.attacks.base import Attack, AttackResult, AttackTarget, frozen, photo_condition
+
+
+@torch.no_grad()
+def ddim_invert(adapter: DiffusionAdapter, x0: Tensor, cond: Conditioning, num_steps: int,
+                image: ImageCondition | None = None) -> Tensor:
+    """Clean latents -> the x_T the deterministic sampler (`sample_trajectory`, guidance 1) maps back to them."""
+    ts = adapter.inference_timesteps(num_steps).to(adapter.device)
+    grid = torch.cat([torch.zeros_like(ts[:1]), ts.flip(0)])  # 0 (clean) -> t_{N-1} -> ... -> t_0 (noisiest)
+    x = x0
+    for t, t_next in zip(grid[:-1], grid[1:]):
+        pred = adapter.predict(x, t_next, cond, image)
+        x = adapter.step(x, t, t_next, pred)
+    return x
+
+
+@dataclass
+class PhotoInversion(Attack):
+    name = "photo-inversion"
+    access = "white-box"
+
+    num_steps: int = 50  # inversion and regeneration grid
+    prompt: str = ""  # inversion / regeneration prompt (edit instruction for editing families): empty = text-free
+    guidance: float = 1.0  # regeneration guidance (with an empty prompt conditional = unconditional)
+
+    def run(self, adapter: DiffusionAdapter, target: AttackTarget, generator: torch.Generator | None = None) -> AttackResult:
+        self.check(adapter)
+        images = target.require_images(self.name)
+        photo = target.photo if target.photo is not None else images
+        mask = target.mask
+        with frozen(adapter), torch.no_grad():
+            x0 = adapter.encode_images(images.to(adapter.device))
+            cond = adapter.encode_prompts([self.prompt]).select([0] * len(x0))
+            image = photo_condition(adapter, photo, mask, range(len(x0))) if adapter.edits_images else None
+            x_T = ddim_invert(adapter, x0, cond, self.num_steps, image)
+        rows = list(range(len(x0)))
+        return self.result(
+            "latents", prompts=[self.prompt], latents=x_T.cpu(),
+            photo=photo[[r % len(photo) for r in rows]] if adapter.edits_images else None,
+            mask=None if mask is None else mask[[r % len(mask) for r in rows]],
+            num_steps=self.num_steps, guidance=self.guidance,
+            info={"latent_std": x_T.float().std().item(),
+                  **({"edits": "target photo" if target.photo is not None else "reference image"} if adapter.edits_images else {})},
+        )

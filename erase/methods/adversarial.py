@@ -1,0 +1,116 @@
+"""Adversarial erasure (AdvUnlearn, Zhang et al. 2024; Receler, Huang et al. 2024): erase against the attack.
+
+Each step first runs an inner attack that looks for a prompt bringing the concept back, then trains the ESD
+objective under that prompt, plus a retain loss on benign prompts:
+
+    inner:  c_adv = argmin_c || model(x_t, t, c) - original(x_t, t, c_p) ||^2        (attack_steps of Adam)
+    outer:  || model(x_t, t, c_adv) - [e_0 - eta (e_p - e_0)] ||^2 + w_retain || model(x_r, t, c_r) - original(x_r, t, c_r) ||^2
+
+The attack edits `prefix` token embeddings placed before the concept prompt (AdvUnlearn's prefix attack;
+families with one CLIP text encoder) or, for every family, the prompt `embedding` itself.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from erase.concept import Concept
+from erase.methods.base import MethodError, Original, text_only_image_condition
+from erase.methods.esd import ESD
+from erase.models.adapter import Conditioning, DiffusionAdapter
+
+ATTACK_MODES = ("prefix", "embedding")
+
+
+class AdversarialErasure(ESD):
+    name = "adversarial"
+
+    def __init__(
+        self,
+        attack: str = "prefix",
+        prefix_tokens: int = 1,
+        attack_steps: int = 10,
+        attack_lr: float = 1e-3,
+        retain_weight: float = 0.3,
+        retain_prompts: list[str] | None = None,
+        **esd_kwargs,
+    ):
+        super().__init__(**esd_kwargs)
+        if attack not in ATTACK_MODES:
+            raise MethodError(f"attack must be one of {ATTACK_MODES}, got {attack!r}")
+        self.attack, self.prefix_tokens = attack, prefix_tokens
+        self.attack_steps, self.attack_lr = attack_steps, attack_lr
+        self.retain_weight, self.retain_prompts = retain_weight, retain_prompts
+
+    def unsupported_reason(self, spec):
+        if reason := super().unsupported_reason(spec):
+            return reason
+        if self.attack == "prefix" and (spec.architecture != "unet" or len(spec.text_encoders) != 1):
+            return (
+                f"the prefix-token attack needs a single CLIP text encoder; {spec.name} has {spec.text_encoders}: "
+                "use method.attack=embedding"
+            )
+        return None
+
+    def setup(self, adapter: DiffusionAdapter, concept: Concept, original: Original, seed: int) -> None:
+        super().setup(adapter, concept, original, seed)
+        retain = self.retain_prompts or concept.preserve
+        if self.retain_weight > 0 and not retain:
+            raise MethodError("adversarial erasure needs retain prompts: set concept.preserve or method.retain_prompts")
+        with torch.no_grad():
+            self.retain = adapter.encode_prompts(retain).detach() if retain else None
+            if self.attack == "prefix":
+                self.ids = adapter.tokenize(concept.prompts)
+                self.token_embeds = adapter.token_embedding()(self.ids).detach()
+
+    # -- the inner attack ------------------------------------------------------------------------
+    def _adversarial_condition(self, model, x_t, t, which, image, e_p, g) -> Conditioning:
+        if self.attack == "embedding":
+            base = self.cond.select(which.to(self.cond.embeds.device))
+            delta = torch.zeros_like(base.embeds, requires_grad=True)
+            make = lambda: Conditioning(base.embeds + delta, base.pooled, base.extra)
+            var = delta
+        else:
+            emb = self.token_embeds[which.to(self.token_embeds.device)]
+            table = self.adapter.token_embedding().weight.detach()
+            init = table[torch.randint(table.shape[0], (self.prefix_tokens,), generator=g)].to(emb)
+            var = init.clone().requires_grad_(True)
+            make = lambda: Conditioning(self.adapter.encode_clip_tokens(inputs_embeds=_insert_prefix(emb, var)))
+        opt = torch.optim.Adam([var], lr=self.attack_lr)
+        for _ in range(self.attack_steps):
+            attack_loss = F.mse_loss(self.adapter.predict(x_t, t, make(), image, denoiser=model).float(), e_p.float())
+            opt.zero_grad(set_to_none=True)
+            grad = torch.autograd.grad(attack_loss, var)[0]  # only the attack variable: the model's grads stay clean
+            var.grad = grad
+            opt.step()
+        with torch.no_grad():
+            return make().detach()
+
+    # -- the outer erasure step ------------------------------------------------------------------
+    def loss(self, model: nn.Module, step: int, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        x_t, t, which = self._draw(step, generator)
+        cond = self.cond.select(which.to(self.cond.embeds.device))
+        image = text_only_image_condition(self.adapter, x_t.shape[0])
+        target = self.targets(x_t, t, cond, image)
+        e_p = self.original.predict(x_t, t, cond, image)
+        adv = self._adversarial_condition(model, x_t, t, which, image, e_p, generator)
+        erase = F.mse_loss(self.adapter.predict(x_t, t, adv, image, denoiser=model).float(), target.float())
+        logs = {"erase_loss": erase.item()}
+        total = erase
+        if self.retain is not None and self.retain_weight > 0:
+            r = torch.randint(len(self.retain), (x_t.shape[0],), generator=generator)
+            rc = self.retain.select(r.to(self.retain.embeds.device))
+            keep = self.original.predict(x_t, t, rc, image)
+            retain = F.mse_loss(self.adapter.predict(x_t, t, rc, image, denoiser=model).float(), keep.float())
+            total = total + self.retain_weight * retain
+            logs["retain_loss"] = retain.item()
+        return total, logs
+
+
+def _insert_prefix(token_embeds: Tensor, prefix: Tensor) -> Tensor:
+    """[BOS, prefix..., prompt tokens...] truncated back to the context length."""
+    b, n, _ = token_embeds.shape
+    p = prefix.unsqueeze(0).expand(b, -1, -1)
+    return torch.cat([token_embeds[:, :1], p, token_embeds[:, 1:]], dim=1)[:, :n]

@@ -1,0 +1,155 @@
+"""Erasure methods on tiny random models of every family: equations, the shared loop, resume, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from erase.concept import Concept, ConceptError, check_tokenizes
+from erase.methods import build_method
+from erase.methods.ablation import ConceptAblation
+from erase.methods.adversarial import AdversarialErasure
+from erase.methods.base import MethodError, NonFiniteLossError
+from erase.methods.esd import ESD, esd_target
+from erase.methods.uce import UCE, UCEFitter, edit_targets, text_vectors
+from erase.models.adapter import DiffusionAdapter
+from erase.models.families import FAMILY_NAMES, get_family
+from erase.models.tiny import tiny_pipeline
+from erase.training import LoraSpec, TrainConfig, latest_checkpoint, train
+
+CONCEPT = Concept(id="cat", prompts=["a cat"], anchor="a dog", preserve=["a bird", "a tree"])
+FAST_ESD = dict(num_steps=3, trajectories=2, refresh_every=2, batch_size=1)
+
+
+def tiny_adapter(family: str) -> DiffusionAdapter:
+    a = DiffusionAdapter(tiny_pipeline(family))
+    a.default_size = 32
+    return a
+
+
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{"steps": 2, "lr": 1e-3, "cpu": True, **kw})
+
+
+# ---------------------------------------------------------------- equations
+def test_esd_conventions_agree():
+    """The reference v2 code's eta equals the original paper's eta + 1 (when erase_from is unset)."""
+    e0, ep = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    assert torch.allclose(esd_target(e0, ep, 1.0, "original"), esd_target(e0, ep, 2.0, "v2"), atol=1e-6)
+    assert torch.allclose(esd_target(e0, ep, 1.0, "original"), e0 - (ep - e0))
+    assert not torch.allclose(esd_target(e0, ep, 1.0, "original"), esd_target(e0, ep, 1.0, "v2"))
+
+
+def test_uce_fitter_matches_equation():
+    torch.manual_seed(0)
+    w = torch.randn(6, 5)
+    c_e, v_e = torch.randn(2, 5), torch.randn(2, 6)
+    c_p = torch.randn(3, 5)
+    lamb, se, sp = 0.5, 1.3, 0.7
+    f = UCEFitter(w, lamb)
+    f.update(c_e, v_e, se)
+    f.preserve(c_p, sp)
+    lhs = lamb * w + se * v_e.T @ c_e + sp * (w @ c_p.T) @ c_p
+    rhs = lamb * torch.eye(5) + se * c_e.T @ c_e + sp * c_p.T @ c_p
+    assert torch.allclose(f.solve(), lhs @ torch.inverse(rhs), atol=1e-5)
+
+
+def test_uce_maps_concept_to_guide():
+    """With a tiny lambda and no preserve set, the edited map sends the concept token where the guide went."""
+    a = tiny_adapter("sd1")
+    before = {n: m.weight.clone() for n, (m, _) in edit_targets(a).items()}
+    c, _ = text_vectors(a, "a cat", "last")
+    g, _ = text_vectors(a, "a dog", "last")
+    UCE(lamb=1e-4, preserve_scale=0.0).apply(a, Concept(id="cat", prompts=["a cat"], anchor="a dog"))
+    for name, (module, _) in edit_targets(a).items():
+        assert torch.allclose(module.weight @ c[0], before[name] @ g[0], atol=1e-3)
+        assert not torch.equal(module.weight, before[name])
+
+
+# ---------------------------------------------------------------- every method on every family
+def _methods_for(family: str):
+    spec = get_family(family)
+    single_clip = spec.architecture == "unet" and len(spec.text_encoders) == 1
+    yield "esd", ESD(variant="esd-x", **FAST_ESD)
+    yield "esd-u-lora", ESD(variant="esd-u", **FAST_ESD)
+    yield "ablation", ConceptAblation(anchor_images=2, num_steps=2, batch_size=1)
+    yield "adversarial", AdversarialErasure(attack="prefix" if single_clip else "embedding", attack_steps=2, **FAST_ESD)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_every_method_runs_on_every_family(family, tmp_path):
+    for label, method in _methods_for(family):
+        a = tiny_adapter(family)
+        before = {n: p.clone() for n, p in a.denoiser.named_parameters()}
+        lora = LoraSpec(rank=2) if label.endswith("lora") else None
+        result = train(method, a, CONCEPT, cfg(lora=lora), tmp_path / label)
+        assert result.steps == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
+        changed = [n for n, p in a.denoiser.named_parameters() if n in before and not torch.equal(p, before[n])]
+        if lora is None:
+            assert changed, f"{label} on {family} changed no weights"
+            assert set(changed) <= set(a.module_group(method.group)), f"{label} trained outside its group"
+        else:
+            assert any("lora_" in n for n, _ in a.denoiser.named_parameters())
+    a = tiny_adapter(family)
+    UCE().apply(a, CONCEPT)
+
+
+def test_method_family_mismatch_is_refused_at_config_time():
+    with pytest.raises(MethodError, match="single CLIP text encoder"):
+        AdversarialErasure(attack="prefix").check(get_family("flux"))
+    with pytest.raises(MethodError, match="unknown method"):
+        build_method("nope")
+    with pytest.raises(MethodError, match="bad parameters"):
+        build_method("esd", {"nonsense": 1})
+
+
+# ---------------------------------------------------------------- loop guarantees
+def test_resumed_run_equals_uninterrupted(tmp_path):
+    kw = dict(steps=6, checkpoint_every=2, lr=1e-2)
+    a = tiny_adapter("sd1")
+    train(ESD(**FAST_ESD), a, CONCEPT, cfg(**kw), tmp_path / "full")
+    full = {n: p.clone() for n, p in a.denoiser.named_parameters()}
+
+    b = tiny_adapter("sd1")
+    r1 = train(ESD(**FAST_ESD), b, CONCEPT, cfg(stop_after=3, **kw), tmp_path / "cut")  # "killed" after 3 steps
+    assert r1.steps == 3 and latest_checkpoint(tmp_path / "cut" / "checkpoints").name == "step-0000003"
+    c = tiny_adapter("sd1")  # a fresh process: original weights, state only from the checkpoint
+    r2 = train(ESD(**FAST_ESD), c, CONCEPT, cfg(**kw), tmp_path / "cut")
+    assert r2.resumed_from == 3 and r2.steps == 6
+    for n, p in c.denoiser.named_parameters():
+        assert torch.equal(p, full[n]), n
+
+
+def test_nan_loss_stops_without_damage(tmp_path):
+    a = tiny_adapter("sd1")
+    train(ESD(**FAST_ESD), a, CONCEPT, cfg(steps=4, stop_after=2), tmp_path)
+    ckpt = latest_checkpoint(tmp_path / "checkpoints")
+    saved = (ckpt / "trainable.safetensors").read_bytes()
+
+    class Exploding(ESD):
+        def loss(self, model, step, generator):
+            loss, logs = super().loss(model, step, generator)
+            return loss * float("nan"), logs
+
+    with pytest.raises(NonFiniteLossError, match="nothing from this step"):
+        train(Exploding(**FAST_ESD), tiny_adapter("sd1"), CONCEPT, cfg(steps=4), tmp_path)
+    assert (ckpt / "trainable.safetensors").read_bytes() == saved
+
+
+def test_bad_concepts_are_clear_errors():
+    with pytest.raises(ConceptError, match="no prompts"):
+        Concept(id="x", prompts=["  ", ""])
+    with pytest.raises(ConceptError, match="no id"):
+        Concept(id="", prompts=["a"])
+    with pytest.raises(ConceptError, match="no file"):
+        Concept.from_config({"id": "x", "prompts_file": "/nonexistent/prompts.txt"})
+
+    class WordTokenizer:  # unknown words -> unk, like the toy world's word-level tokenizer
+        unk_token_id, all_special_ids = 0, [0, 1, 2]
+
+        def __call__(self, text, add_special_tokens=False):
+            return type("T", (), {"input_ids": [0 if w not in {"cat"} else 5 for w in text.split()]})()
+
+    check_tokenizes(Concept(id="x", prompts=["a cat"]), WordTokenizer())
+    with pytest.raises(ConceptError, match="tokenises to nothing"):
+        check_tokenizes(Concept(id="x", prompts=["qwzx vvv"]), WordTokenizer())
