@@ -261,8 +261,7 @@ def evaluate(
             mine = _plan(suite, v, items, spec, notes, dist.rank, dist.world)
             _run(mine, pipe, spec, detector, protos, s_settings, base, size, store, existing, out, batch_size,
                  save_images, blur, progress, on_record)
-        for n in suite.notes:
-            _add_note(notes, n)
+        notes += [n for n in suite.notes if n not in notes]  # already logged by the suite
 
     if dist.barrier is not None:
         dist.barrier()
@@ -391,7 +390,8 @@ def _finish(records: Sequence[dict[str, Any]], suites: Sequence[Suite], variants
             grid_size: int, wandb: bool | str, wandb_project: str, title: str) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     by_variant: dict[str, dict[str, Any]] = {}
-    summary_rows: list[dict[str, Any]] = []
+    summary_rows: list[dict[str, Any]] = []  # leakage, one row per suite x variant x protocol
+    utility_rows: list[dict[str, Any]] = []
     tables: dict[str, list[dict[str, Any]]] = {}
     grids: dict[str, Image.Image] = {}
     for vi, v in enumerate(variants):
@@ -403,7 +403,7 @@ def _finish(records: Sequence[dict[str, Any]], suites: Sequence[Suite], variants
             result, rows = suite.summarise(recs, protos, image_root=out)
             if suite.utility:
                 vs.setdefault("utility", {})[suite.name] = result
-                summary_rows += rows
+                utility_rows += rows
             else:
                 vs[suite.name] = result
                 summary_rows += [r for r in rows if r["route"] == "all"]
@@ -417,9 +417,10 @@ def _finish(records: Sequence[dict[str, Any]], suites: Sequence[Suite], variants
         if vi == 0:
             summary.update(vs)
     for suite in suites:  # notes raised while summarising (e.g. FID skipped)
-        for n in suite.notes:
-            _add_note(notes, n)
+        notes += [n for n in suite.notes if n not in notes]
     summary.update(by_variant=by_variant, notes=notes, settings=dict(base), complete=True)
+    if utility_rows:
+        tables = {"Utility": utility_rows, **tables}
     if notes:
         tables["Notes (not measured, and why)"] = [{"note": n} for n in notes]
     meta = {"model": base["model"]["id"], "family": base["model"]["family"], "model hash": base["model"]["hash"],
@@ -432,12 +433,23 @@ def _finish(records: Sequence[dict[str, Any]], suites: Sequence[Suite], variants
                     resolution="x".join(map(str, first.get("resolution", []))))
     html = render_evaluation_page(title, summary_rows, tables, grids, meta, out / "report.html")
     md = out / "summary.md"
-    md.write_text(markdown_summary(summary_rows), encoding="utf-8")
+    md.write_text(_markdown(summary_rows, utility_rows), encoding="utf-8")
     summary["files"] = {"results": str(out / RESULTS), "html": str(html), "markdown": str(md)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     if wandb:
         _log_wandb(summary, grids, meta, out, wandb, wandb_project)
     return summary
+
+
+def _markdown(leakage: Sequence[Mapping[str, Any]], utility: Sequence[Mapping[str, Any]]) -> str:
+    """Model-card tables: leakage per suite / variant / protocol, then utility."""
+    parts = []
+    if leakage:
+        cols = ["suite", "variant", "protocol", "unit", "threshold", "n_images", "flagged", "rate"]
+        parts.append("### Leakage\n\n" + markdown_summary(leakage, cols))
+    if utility:
+        parts.append("### Utility\n\n" + markdown_summary(utility))
+    return "\n".join(parts)
 
 
 def _grid(records: Sequence[Mapping[str, Any]], out: Path, n: int, blur: bool) -> Image.Image | None:
@@ -459,12 +471,15 @@ def _log_wandb(summary: Mapping[str, Any], grids: Mapping[str, Image.Image], met
     run = wandb.init(project=project, dir=str(out), mode="offline" if mode is True else str(mode),
                      config=dict(meta), reinit=True)
     flat: dict[str, Any] = {}
-    for variant, suites in summary["by_variant"].items():
-        for suite, result in suites.items():
-            for k, v in (result.items() if suite != "utility" else
-                         ((f"{s}/{m}", x) for s, r in result.items() for m, x in r.items())):
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    flat[f"{variant}/{suite}/{k}"] = v
+
+    def add(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                add(f"{prefix}/{k}" if prefix else str(k), v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[prefix] = value
+
+    add("", summary["by_variant"])  # variant/suite/protocol (or variant/utility/suite/metric)
     flat.update({f"grid/{name}": wandb.Image(g) for name, g in grids.items()})  # already blurred where flagged
     run.log(flat)
     run.finish()

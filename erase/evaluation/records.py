@@ -79,7 +79,6 @@ class ResultsStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._repaired = False
 
     def done_keys(self) -> set[str]:
         """Keys of every complete record already in the file."""
@@ -90,17 +89,20 @@ class ResultsStore:
 
     def _repair(self) -> None:
         """Cut an unterminated last line off, so the next append starts on a fresh line."""
-        if self._repaired or not self.path.exists():
-            self._repaired = True
+        if not self.path.exists():
             return
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1  # 0 when there is no complete line at all
-        if end != len(data):
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
-                f.flush()
-                os.fsync(f.fileno())
-        self._repaired = True
+        with open(self.path, "r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":  # the common case: one byte read, nothing to do
+                return
+            f.seek(0)
+            data = f.read()
+            f.truncate(data.rfind(b"\n") + 1)  # 0 when there is no complete line at all
+            f.flush()
+            os.fsync(f.fileno())
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Write one record as one line and make it durable (flush + fsync) before returning."""

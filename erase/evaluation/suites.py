@@ -775,8 +775,8 @@ class UtilitySuite(Suite):
             vals = [float(r["utility"][field_name]) for r in records if field_name in r.get("utility", {})]
             if vals:
                 summary[field_name] = float(np.mean(vals))
-        if self.clip_model is None:
-            summary.setdefault("clip_score", None)
+        if self.clip_model is None and not correct:
+            self._note(f"UtilitySuite {self.name!r}: CLIP score not measured (pass clip_model=<a local CLIP folder>)")
         if self.fid_reference is not None:
             fid, why = _fid(records, image_root, Path(self.fid_reference))
             summary["fid"] = fid
@@ -784,11 +784,9 @@ class UtilitySuite(Suite):
                 self._note(f"UtilitySuite {self.name!r}: FID skipped: {why}")
         leak, _ = leakage_summary(self.name, records, protocols)
         summary.update({f"leak_{k}": v for k, v in leak.items()})  # false exposure on benign inputs
-        if self.notes:
-            summary["notes"] = list(self.notes)
         variant = records[0].get("variant") if records else None
         row = {"suite": self.name, "variant": variant,
-               **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items() if k != "notes"}}
+               **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}}
         return summary, [row]
 
 

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 from erase.methods.ablation import ConceptAblation
 from erase.methods.adversarial import AdversarialErasure
+from erase.methods.edit_refusal import EditRefusal
 from erase.methods.base import ClosedFormMethod, FineTuneMethod, Method, MethodError, NonFiniteLossError
 from erase.methods.esd import ESD
 from erase.methods.uce import UCE
@@ -15,6 +16,7 @@ METHODS: dict[str, type[Method]] = {
     "uce": UCE,
     "ablation": ConceptAblation,
     "adversarial": AdversarialErasure,
+    "edit_refusal": EditRefusal,
 }
 
 
@@ -33,5 +35,5 @@ def build_method(name: str, params: Mapping[str, Any] | None = None) -> Method:
 
 __all__ = [
     "METHODS", "build_method", "register", "Method", "FineTuneMethod", "ClosedFormMethod", "MethodError",
-    "NonFiniteLossError", "ESD", "UCE", "ConceptAblation", "AdversarialErasure",
+    "NonFiniteLossError", "ESD", "UCE", "ConceptAblation", "AdversarialErasure", "EditRefusal",
 ]

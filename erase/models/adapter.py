@@ -310,6 +310,16 @@ class DiffusionAdapter:
             return a.sqrt() * x_t - (1 - a).sqrt() * pred
         return (x_t - (1 - a).sqrt() * pred) / a.sqrt()
 
+    def prediction_for_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
+        """The prediction that, at (x_t, t), points at clean latents x0 (inverse of `x0_from_prediction`)."""
+        if self.is_flow:
+            return (x_t - x0) / _bcast(t.float() / 1000, x_t).clamp(min=1e-4)
+        a = _bcast(self.alphas_cumprod.to(x_t.device)[t.long()], x_t)
+        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        if self.prediction_type == "v_prediction":
+            return a.sqrt() * eps - (1 - a).sqrt() * x0
+        return eps
+
     # ------------------------------------------------------------------ sampling with any denoiser
     def latent_shape(self, n: int, size: int | None = None) -> tuple[int, int, int, int]:
         size = size or self.default_size

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -35,7 +36,9 @@ from erase.toyworld import world
 from erase.toyworld.detector import HEADS, ToyDetector, save_detector
 from erase.toyworld.tokenizer import BOS, EOS, MAX_LENGTH, PAD, build_tokenizer
 
-THREADS = 2
+# Two threads on the 2-core build machine; TOYWORLD_THREADS=1 is far faster when other jobs share the cores
+# (OpenMP threads spin-waiting on oversubscribed cores slow every step down by 10x or more).
+THREADS = int(os.environ.get("TOYWORLD_THREADS", "2"))
 IMAGE_SIZE = 32
 
 # ---------------------------------------------------------------------------------------------------------
@@ -47,7 +50,7 @@ VAE_CONFIG = dict(
     out_channels=3,
     down_block_types=("DownEncoderBlock2D",) * 3,  # 3 blocks = 2 downsamples: 32 px -> 8x8x4 latents
     up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(32, 64, 64),
+    block_out_channels=(16, 32, 64),
     layers_per_block=1,
     latent_channels=4,
     norm_num_groups=16,
@@ -57,7 +60,7 @@ UNET_CONFIG = dict(
     sample_size=IMAGE_SIZE // 4,
     in_channels=4,
     out_channels=4,
-    block_out_channels=(64, 128),
+    block_out_channels=(48, 96),
     layers_per_block=1,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),

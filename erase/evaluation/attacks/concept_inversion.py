@@ -9,7 +9,8 @@ the reference images of the concept:
 (textual inversion: AdamW on v only, initialised at the embedding of `init_word`; CCE: 5000 steps, lr 5e-3).
 If the concept is still in the weights, some input embedding reaches it. The result holds the prompt embeddings
 of every template with v* (kind "embeddings", fed as prompt_embeds) and v* itself (`tensors["embedding"]`).
-`initial_loss`/`final_loss`: the objective on a fixed set of (image, template, t, eps) before and after.
+`initial_loss`/`final_loss`: the objective on a fixed set of (image, template, t, eps) before and after
+(`resample_noise=False` optimises on that fixed set: deterministic, lower variance for small budgets).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class ConceptInversion(Attack):
     init_word: str = "person"  # the embedding v starts from (mean over its tokens)
     templates: tuple[str, ...] = TEMPLATES
     eval_points: int = 8
+    resample_noise: bool = True  # fresh (image, template, t, noise) every step; False: every step on the fixed set
 
     def run(self, adapter: DiffusionAdapter, target: AttackTarget, generator: torch.Generator | None = None) -> AttackResult:
         self.check(adapter)
@@ -82,8 +84,9 @@ class ConceptInversion(Attack):
             initial = objective()
             for _ in range(self.steps):
                 b = self.batch_size
-                loss = loss_at(v, randint(len(x0), b, g), randint(len(prompts), b, g), adapter.sample_timesteps(b, g),
-                               randn((b, *x0.shape[1:]), g, x0))
+                batch = (randint(len(x0), b, g), randint(len(prompts), b, g), adapter.sample_timesteps(b, g),
+                         randn((b, *x0.shape[1:]), g, x0)) if self.resample_noise else fixed
+                loss = loss_at(v, *batch)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

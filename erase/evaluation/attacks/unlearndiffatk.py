@@ -17,7 +17,8 @@ Relaxation of the discrete tokens:
   each step, and the text form takes the argmax.
 
 The result is the projected prompt text (kind "text"); the continuous prompt is kept as its "embeddings" form.
-`initial_loss`/`final_loss` are the objective on a fixed set of (timestep, noise) pairs, before and after.
+`initial_loss`/`final_loss` are the objective on a fixed set of (timestep, noise) pairs, before and after
+(`resample_noise=False` optimises on fixed noises too: deterministic, lower variance for small budgets).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class UnlearnDiffAtk(Attack):
     criterion: str = "l2"  # "l2" | "l1"
     relaxation: str = "embedding"  # "embedding" | "simplex" (the reference's)
     eval_timesteps: int = 8  # size of the fixed set the objective is reported on
+    resample_noise: bool = True  # fresh noise every step (reference); False: one fixed noise per timestep
 
     def __post_init__(self) -> None:
         if self.relaxation not in ("embedding", "simplex"):
@@ -94,8 +96,9 @@ class UnlearnDiffAtk(Attack):
         allowed = allowed_token_ids(tok)
         sp = slot_prompt(tok, [self.k, prompt])
         ts = self.timesteps(adapter)
+        noises = {t: randn(x0.shape[1:], g, x0) for t in ts}  # the fixed set (and the noise when not resampling)
         every = max(1, len(ts) // self.eval_timesteps)
-        fixed = [(t, randn(x0.shape[1:], g, x0)) for t in ts[::every][: self.eval_timesteps]]
+        fixed = [(t, noises[t]) for t in ts[::every][: self.eval_timesteps]]
 
         def objective(slot_embeds: Tensor) -> float:
             with torch.no_grad():
@@ -116,7 +119,7 @@ class UnlearnDiffAtk(Attack):
             for _ in range(self.iterations):
                 emb = param if self.relaxation == "embedding" else _SampleOneHot.apply(param, g) @ vocab
                 cond = sp.encode(adapter, emb).select([0] * len(x0))
-                noise = randn(x0.shape[1:], g, x0)
+                noise = randn(x0.shape[1:], g, x0) if self.resample_noise else noises[t]
                 loss = self._loss(adapter, x0, noise, t, cond, image)
                 opt.zero_grad()
                 loss.backward()

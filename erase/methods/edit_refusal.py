@@ -1,0 +1,185 @@
+"""Edit refusal: image-conditioned erasure that trains on photographs, so that forbidden *edits* are refused.
+
+Text-to-image erasure trains on trajectories the model samples from noise; an editor starts from a photo, and
+that is where text-only methods leak. Here every state x_t comes from real photos: the forward process applied
+to the photo and, where known, to its forbidden counterpart (the states a forbidden edit passes through).
+For each editing path:
+
+    sdedit   (text-to-image models: img2img and legacy inpainting) x_t from photos at editing strengths
+    inpaint  (9-channel inpainting models)   image condition = [mask, masked photo latents]
+    instruct (InstructPix2Pix family)        image condition = photo latents
+    kontext  (FLUX Kontext)                  image condition = photo tokens
+
+Objective, with d = orig(x_t, c_forbidden, I) - orig(x_t, c_safe, I) the concept's direction at that state:
+
+    conditional branch:  model(x_t, c_forbidden, I)  ->  orig(x_t, c_safe, I) - eta d
+    guidance branches:   model(x_t, "", I), model(x_t, "", 0)  ->  orig(same) - eta_null d
+
+Guidance-proof: classifier-free guidance is an affine combination of these branches with weights summing to
+one, so when every branch moves by the same -eta d, any guidance scale moves the result by -eta d: guidance
+cannot push back toward the concept (ACE, 2025, trains the unconditional branch for the same reason).
+
+    preservation:   model(x_t, c_benign, I) -> orig(x_t, c_benign, I)          (benign edits of the same photos)
+    text-agnostic:  model(x_t^forbidden, "", I) -> a prediction toward the safe photo (`safegen_target`; SafeGen, 2024:
+                    self-attention trained on images alone, so a wording that avoids the concept is refused too)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from erase.concept import Concept
+from erase.methods.base import FineTuneMethod, MethodError, Original, derived_generator
+from erase.models.adapter import Conditioning, DiffusionAdapter, ImageCondition
+from erase.photos import PhotoSet, load_photos
+
+PATHS = ("sdedit", "inpaint", "instruct", "kontext")
+BRANCHES = ("cond", "image", "uncond")
+
+
+class EditRefusal(FineTuneMethod):
+    name = "edit_refusal"
+
+    def __init__(
+        self,
+        path: str = "auto",
+        group: str = "all",
+        eta: float = 1.0,
+        eta_null: float | None = None,  # default: eta (the guidance-proof choice)
+        branches: list[str] | None = None,
+        strength: tuple[float, float] = (0.3, 1.0),  # sdedit: the editing strengths trained on
+        preserve_weight: float = 1.0,
+        text_agnostic_weight: float = 0.5,
+        batch_size: int = 4,
+        photos: dict | None = None,
+    ):
+        if path != "auto" and path not in PATHS:
+            raise MethodError(f"edit_refusal path must be auto or one of {PATHS}, got {path!r}")
+        if branches is not None and not set(branches) <= set(BRANCHES):
+            raise MethodError(f"branches must be among {BRANCHES}, got {branches}")
+        self.path, self.group, self.eta = path, group, eta
+        self.eta_null = eta if eta_null is None else eta_null
+        self.branches, self.strength = branches, tuple(strength)
+        self.preserve_weight, self.text_agnostic_weight = preserve_weight, text_agnostic_weight
+        self.batch_size, self.photo_cfg = batch_size, dict(photos or {"source": "toy", "n": 64})
+
+    @staticmethod
+    def path_for(spec) -> str:
+        return {None: "sdedit", "inpaint": "inpaint", "instruct": "instruct", "kontext": "kontext"}[spec.editing]
+
+    def unsupported_reason(self, spec):
+        if reason := super().unsupported_reason(spec):
+            return reason
+        if self.path != "auto" and self.path != self.path_for(spec):
+            return f"edit_refusal path {self.path!r} does not match family {spec.name!r}, which edits via {self.path_for(spec)!r}"
+        return None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, adapter: DiffusionAdapter, concept: Concept, original: Original, seed: int) -> None:
+        self.adapter, self.original = adapter, original
+        path = self.path_for(adapter.spec)
+        self.active_path = path
+        edits_text = path in ("instruct", "kontext")
+        forbidden = concept.forbidden_edits if edits_text else concept.prompts
+        if not forbidden:
+            raise MethodError(
+                f"edit_refusal on {adapter.family} needs forbidden edit instructions: set concept.forbidden_edits "
+                "(or concept.edits_file)"
+            )
+        safe = concept.safe_edit if edits_text else concept.anchor
+        benign = concept.benign_edits if edits_text else concept.preserve
+        default_branches = {"instruct": ["cond", "image", "uncond"], "sdedit": ["cond", "uncond"]}.get(path, ["cond", "uncond"])
+        self.active_branches = self.branches or default_branches
+        photos: PhotoSet = load_photos(self.photo_cfg, adapter.default_size)
+        with torch.no_grad():
+            self.forbidden = adapter.encode_prompts(forbidden).detach()
+            self.safe = adapter.encode_prompts([safe]).detach()
+            self.empty = adapter.encode_prompts([""]).detach()
+            self.benign = adapter.encode_prompts(benign).detach() if benign else None
+            images = photos.photos.to(adapter.device)
+            self.x0_photo = torch.cat([adapter.encode_images(images[i : i + 16]) for i in range(0, len(images), 16)])
+            self.x0_counter = None
+            if photos.counterparts is not None:
+                cp = photos.counterparts.to(adapter.device)
+                self.x0_counter = torch.cat([adapter.encode_images(cp[i : i + 16]) for i in range(0, len(cp), 16)])
+            self.image = None
+            if path != "sdedit":
+                masks = photos.masks.to(adapter.device)
+                self.image = ImageCondition(torch.cat([
+                    adapter.image_condition(images[i : i + 16], masks[i : i + 16]).latents for i in range(0, len(images), 16)
+                ]))
+
+    # ------------------------------------------------------------------ one step
+    def _timesteps(self, b: int, g: torch.Generator) -> Tensor:
+        low, high = self.strength if self.active_path == "sdedit" else (0.0, 1.0)
+        return self.adapter.sample_timesteps(b, g, low=low, high=high)
+
+    def _branch(self, name: str, text: Conditioning, image: ImageCondition | None, b: int):
+        """(conditioning, image condition) of a guidance branch."""
+        if name == "cond":
+            return text, image
+        if name == "image":
+            return self.empty.repeat(b), image
+        # uncond: no text; InstructPix2Pix also drops the image (zeros), others keep it (inpaint/Kontext CFG).
+        null_image = image.null() if (image is not None and self.active_path == "instruct") else image
+        return self.empty.repeat(b), null_image
+
+    def loss(self, model: nn.Module, step: int, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        a, b, g = self.adapter, self.batch_size, generator
+        idx = torch.randint(len(self.x0_photo), (b,), generator=g).to(a.device)
+        image = None if self.image is None else self.image.select(idx)
+        x0 = self.x0_photo[idx]
+        if self.x0_counter is not None:  # half the states lie on the forbidden edit's path
+            use = (torch.rand(b, generator=g) < 0.5).to(a.device).view(-1, 1, 1, 1)
+            x0 = torch.where(use, self.x0_counter[idx], x0)
+        noise = torch.randn(x0.shape, generator=g).to(x0)
+        t = self._timesteps(b, g)
+        x_t = a.add_noise(x0, noise, t)
+        which = torch.randint(len(self.forbidden), (b,), generator=g).to(a.device)
+        text = self.forbidden.select(which)
+
+        with torch.no_grad():
+            e_forb = self.original.predict(x_t, t, text, image)
+            e_safe = self.original.predict(x_t, t, self.safe.repeat(b), image)
+            d = e_forb - e_safe
+        logs, terms = {}, []
+        for name in self.active_branches:
+            cond, img = self._branch(name, text, image, b)
+            if name == "cond":
+                target = e_safe - self.eta * d
+            else:
+                with torch.no_grad():
+                    target = self.original.predict(x_t, t, cond, img) - self.eta_null * d
+            branch_loss = F.mse_loss(a.predict(x_t, t, cond, img, denoiser=model).float(), target.float())
+            logs[f"refuse_{name}"] = branch_loss.item()
+            terms.append(branch_loss)
+        total = torch.stack(terms).mean()
+
+        if self.benign is not None and self.preserve_weight > 0:
+            x_p = a.add_noise(self.x0_photo[idx], noise, t)
+            bc = self.benign.select(torch.randint(len(self.benign), (b,), generator=g).to(a.device))
+            with torch.no_grad():
+                keep = self.original.predict(x_p, t, bc, image)
+            preserve = F.mse_loss(a.predict(x_p, t, bc, image, denoiser=model).float(), keep.float())
+            total = total + self.preserve_weight * preserve
+            logs["preserve"] = preserve.item()
+
+        if self.x0_counter is not None and self.text_agnostic_weight > 0:
+            # SafeGen-style: states of the forbidden result, with no text at all, denoise toward the safe photo.
+            x_f = a.add_noise(self.x0_counter[idx], noise, t)
+            target = safegen_target(a, noise, t, self.x0_counter[idx], self.x0_photo[idx])
+            agnostic = F.mse_loss(a.predict(x_f, t, self.empty.repeat(b), image, denoiser=model).float(), target.float())
+            total = total + self.text_agnostic_weight * agnostic
+            logs["text_agnostic"] = agnostic.item()
+        return total, logs
+
+
+def safegen_target(a: DiffusionAdapter, noise: Tensor, t: Tensor, x0_forbidden: Tensor, x0_safe: Tensor) -> Tensor:
+    """What the model should predict at the forbidden result's state so it denoises toward the safe image.
+    Epsilon models: SafeGen's own form, noise + (x0_forbidden - x0_safe) (bounded at every t, unlike the exact
+    inverse, which divides by sqrt(1 - alpha_bar)); v / flow models: the velocity from the same noise to x0_safe."""
+    if a.prediction_type == "epsilon":
+        return noise + (x0_forbidden - x0_safe)
+    return a.target(x0_safe, noise, t)

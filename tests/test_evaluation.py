@@ -1,0 +1,290 @@
+"""Evaluation harness: resumable JSONL (a killed run resumes to the same bytes), every generation path on the tiny
+families, I2P-shaped CSVs, photo folders with bad files, baselines (SLD, safety checker), sharding, utility.
+
+All prompts here are neutral (colours and squares); the detector is a deterministic fake reading pixel means.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from erase.detect.base import Detection
+from erase.evaluation import (
+    BaselineNotApplicable,
+    EditCase,
+    EditSpec,
+    EditSuite,
+    GenSettings,
+    Prompt,
+    PromptSuite,
+    ResultsStore,
+    SafeLatentDiffusion,
+    SafetyChecker,
+    UtilitySuite,
+    Variant,
+    evaluate,
+    generate,
+    read_records,
+    record_key,
+    sld_pipeline,
+    supported_paths,
+)
+from erase.models.families import FAMILIES
+from erase.models.tiny import TINY_SIZE, tiny_image, tiny_mask, tiny_pipeline
+
+SETTINGS = GenSettings(steps=2, guidance=2.0, height=TINY_SIZE, width=TINY_SIZE)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny convolutions are ~50x slower with 2 threads on 2 shared cores than with one.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class FakeDetector:
+    """Deterministic: the score is the image's mean brightness, so roughly half the tiny images are flagged."""
+
+    name = "fake"
+    version = "1"
+    labels = ("TORSO_EXPOSED",)
+
+    def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
+        return [[Detection("TORSO_EXPOSED", float(np.asarray(im, np.float32).mean() / 255))] for im in images]
+
+    def attributes(self, images: Sequence[Image.Image]) -> list[dict[str, Any]]:
+        return [{"exposed": False, "shirt": "red", "trousers": "black", "background": "park", "obj": None}
+                for _ in images]
+
+
+@pytest.fixture(scope="module")
+def sd1():
+    return tiny_pipeline("sd1")
+
+
+def _suites() -> list:
+    prompts = PromptSuite([Prompt(f"p{i}", f"a {c} square") for i, c in enumerate(["red", "green", "blue"])],
+                          images_per_prompt=2, seed=5)
+    edits = EditSuite([EditCase(f"c{i}", tiny_image(), "make it blue", "a blue square", tiny_mask())
+                       for i in range(2)], paths=("img2img", "inpaint"), strengths=(0.75,))
+    return [prompts, edits]
+
+
+# ------------------------------------------------------------------------------------------------ records
+
+
+def test_store_tolerates_truncated_last_line(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "r.jsonl")
+    store.append({"key": "a", "x": 1})
+    store.append({"key": "b", "x": 2})
+    with open(store.path, "ab") as f:
+        f.write(b'{"key": "c", "x"')  # a run killed mid-write
+    assert store.done_keys() == {"a", "b"}
+    store.append({"key": "c", "x": 3})  # cuts the fragment off first
+    assert [r["key"] for r in read_records(store.path)] == ["a", "b", "c"]
+    assert store.path.read_bytes().count(b"\n") == 3
+    with pytest.raises(ValueError, match="key"):
+        store.append({"x": 4})
+
+
+def test_killed_run_resumes_to_identical_results(sd1, tmp_path: Path) -> None:
+    clean = evaluate(sd1, _suites(), FakeDetector(), ["toy"], tmp_path / "clean", settings=SETTINGS,
+                     batch_size=4, progress=False, wandb="disabled")
+    assert clean["complete"] and set(clean) >= {"prompts", "edits", "by_variant", "notes"}
+    assert 0.0 <= clean["prompts"]["toy"] <= 1.0
+
+    seen: list[str] = []
+
+    def die_after_5(record: dict) -> None:
+        seen.append(record["key"])
+        if len(seen) == 5:  # mid-batch: the second batch has started
+            raise KeyboardInterrupt("killed")
+
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(sd1, _suites(), FakeDetector(), ["toy"], out, settings=SETTINGS, batch_size=4, progress=False,
+                 on_record=die_after_5)
+    assert not (out / "results.jsonl").exists()
+    part = out / "parts" / "rank-0-of-1.jsonl"
+    with open(part, "ab") as f:
+        f.write(b'{"key": "prompts/model/p2/9", "fla')  # and the kill cut a line in half
+    redone: list[str] = []
+    resumed = evaluate(sd1, _suites(), FakeDetector(), ["toy"], out, settings=SETTINGS, batch_size=4,
+                       progress=False, on_record=lambda r: redone.append(r["key"]))
+    assert not set(redone) & set(seen)  # nothing finished was redone
+    assert len(seen) + len(redone) == 3 * 2 + 2 * 2
+    assert (out / "results.jsonl").read_bytes() == (tmp_path / "clean" / "results.jsonl").read_bytes()
+    assert resumed["prompts"] == clean["prompts"] and resumed["edits"] == clean["edits"]
+
+    # Each record carries its settings; the report files exist; flagged images are stored blurred.
+    records = read_records(out / "results.jsonl")
+    s = records[0]["settings"]
+    assert s["detector"] == {"name": "fake", "version": "1"} and s["steps"] == 2 and s["resolution"] == [32, 32]
+    assert s["protocols"]["toy"]["threshold"] == 0.5 and s["model"]["family"] == "sd1" and s["model"]["hash"]
+    assert {r["route"] for r in records} == {"t2i", "img2img@0.75", "inpaint"}
+    assert (out / "report.html").is_file() and "| prompts | model | toy |" in (out / "summary.md").read_text()
+    flagged = [r for r in records if r["flagged"]]
+    if flagged:
+        r = flagged[0]
+        img = np.asarray(Image.open(out / r["image"]), np.float32)
+        assert np.abs(np.diff(img, axis=1)).mean() < 12  # pixelated + smoothed
+
+    with pytest.raises(ValueError, match="other settings"):  # resuming with other settings is refused
+        evaluate(sd1, _suites(), FakeDetector(), ["toy"], out, settings=SETTINGS.replace(steps=3), progress=False)
+
+
+def test_sharded_ranks_merge_to_the_full_results(sd1, tmp_path: Path) -> None:
+    suites = [_suites()[0]]
+    first = evaluate(sd1, suites, FakeDetector(), ["toy"], tmp_path, shard=(0, 2), settings=SETTINGS, progress=False)
+    assert first["complete"] is False and first["missing"] == 2  # prompt p1's two images are rank 1's
+    last = evaluate(sd1, suites, FakeDetector(), ["toy"], tmp_path, shard=(1, 2), settings=SETTINGS, progress=False)
+    assert last["complete"]
+    keys = [r["key"] for r in read_records(tmp_path / "results.jsonl")]
+    assert keys == [record_key("prompts", "model", f"p{i}", 5 + 2 * i + j) for i in range(3) for j in range(2)]
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+
+@pytest.mark.parametrize("family,path", [
+    ("sd1", "t2i"), ("sd1", "img2img"), ("sd1", "inpaint"), ("sd-inpaint", "inpaint"), ("ip2p", "instruct"),
+    ("kontext", "kontext"),
+])
+def test_generation_paths(family: str, path: str) -> None:
+    pipe = tiny_pipeline(family)
+    spec = FAMILIES[family]
+    assert path in supported_paths(spec)
+    n = 3
+    needs_image = path != "t2i"
+    settings = SETTINGS.replace(extra={"max_sequence_length": 32}, negative_prompt="dull")
+    images = generate(pipe, spec, path, ["a red square"] * n, [0, 1, 2], settings,
+                      images=[tiny_image(48)] * n if needs_image else None,  # photos are fitted to 32 px
+                      masks=[tiny_mask(48)] * n if path == "inpaint" else None, batch_size=2)
+    assert len(images) == n and all(im.size == (TINY_SIZE, TINY_SIZE) and im.mode == "RGB" for im in images)
+    if family == "sd1" and path == "t2i":  # an image depends on its seed only, not on its batch
+        alone = generate(pipe, spec, path, ["a red square"], [2], settings)
+        assert np.array_equal(np.asarray(alone[0]), np.asarray(images[2]))
+
+
+# ------------------------------------------------------------------------------------------------ suites
+
+
+def test_prompt_suite_reads_i2p_shaped_csv(sd1, tmp_path: Path) -> None:
+    path = tmp_path / "prompts.csv"
+    rows = [
+        ("a red square", "shapes, colours", 80.0, 11, 3.0),
+        ("a green circle", "colours", 90.0, 22, 4.5),
+        ("a blue square", "shapes", 5.0, 33, 5.0),  # filtered out: nudity_percentage < 50
+        ("a yellow square", "weather", 99.0, 44, 6.0),  # filtered out: category
+        ("", "shapes", 99.0, 55, 7.0),  # no prompt
+    ]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["prompt", "categories", "nudity_percentage", "evaluation_seed", "evaluation_guidance"])
+        w.writerows(rows)
+    suite = PromptSuite.from_csv(path, categories=["shapes", "colours"], min_nudity=50, images_per_prompt=2)
+    items = suite.items(FAMILIES["sd1"])
+    assert [(it.id, it.seeds, it.guidance) for it in items] == [("row00000", (11, 12), 3.0), ("row00001", (22, 23), 4.5)]
+    summary = evaluate(sd1, [suite], FakeDetector(), ["toy"], tmp_path / "out", settings=SETTINGS, progress=False)
+    records = read_records(tmp_path / "out" / "results.jsonl")
+    assert [(r["seed"], r["settings"]["guidance"]) for r in records] == [(11, 3.0), (12, 3.0), (22, 4.5), (23, 4.5)]
+    assert all(r["text"] is None and r["meta"]["text_sha1"] for r in records)  # user prompt text is not copied
+    assert "prompts" in summary
+
+
+def test_edit_suite_skips_bad_photos(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    tiny_image(64).save(folder / "good.png")
+    tiny_image(64).save(folder / "boxed.png")
+    (folder / "broken.png").write_bytes(b"not an image at all")
+    tiny_image(16).save(folder / "small.png")
+    tiny_image(64).convert("L").save(folder / "grey.png")
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "edits", "box"])
+        w.writerows([("good.png", "", ""), ("boxed.png", "recolour", "16,16,48,48"), ("broken.png", "", ""),
+                     ("small.png", "", ""), ("grey.png", "", "")])
+    edits = [EditSpec("recolour", "make it blue", "a blue square"), EditSpec("tidy", "remove the square", "a gradient")]
+    with caplog.at_level(logging.WARNING, logger="erase.evaluation"):
+        suite = EditSuite.from_folder(folder, edits, min_size=32)
+    assert suite.skipped == {"unreadable": 1, "too_small": 1, "non_rgb": 1}
+    assert "skipped 3 photo(s)" in caplog.text
+    assert [c.id for c in suite.cases] == ["good~recolour", "good~tidy", "boxed~recolour"]
+    items = suite.items(FAMILIES["sd1"])  # no instruct/kontext on sd1; only the boxed photo has a mask
+    assert {it.id for it in items} == {"good~recolour:img2img@0.5", "good~recolour:img2img@0.75",
+                                       "good~tidy:img2img@0.5", "good~tidy:img2img@0.75",
+                                       "boxed~recolour:img2img@0.5", "boxed~recolour:img2img@0.75",
+                                       "boxed~recolour:inpaint"}
+    assert any("no instruct, kontext path" in n for n in suite.notes)
+    ip2p_items = suite.items(FAMILIES["ip2p"])
+    assert {it.path for it in ip2p_items} == {"instruct"} and len(ip2p_items) == 3
+
+
+def test_toy_suites_and_utility(sd1, tmp_path: Path) -> None:
+    prompts = PromptSuite.toy(n=2, settings=SETTINGS)
+    edits = EditSuite.toy(n_photos=1, settings=SETTINGS)
+    utility = UtilitySuite.toy(n_prompts=2, n_edits_per_kind=1, kinds=("recolour_shirt",), settings=SETTINGS)
+    mask = np.asarray(edits.cases[0].mask)
+    assert mask.shape == (32, 32) and 0 < (mask > 0).mean() < 0.5  # the shirt, not the whole photo
+    summary = evaluate(sd1, [prompts, edits, utility], FakeDetector(), None, tmp_path, progress=False)
+    util = summary["utility"]["toy-utility"]
+    assert util["acc_exposed"] == 1.0 and 0.0 <= util["attribute_accuracy"] <= 1.0
+    assert "edit_done" in util and "kept" in util  # benign edits through img2img / inpaint on sd1
+    assert set(summary["toy-prompts"]) == {"toy"} and set(summary["toy-edits"]) == {"toy"}
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+
+
+def test_sld_runs_on_sd1_and_is_refused_on_flux(sd1, tmp_path: Path) -> None:
+    sld = SafeLatentDiffusion("MAX")  # MAX: no warm-up steps, so 2 steps suffice
+    assert sld.setup(sd1, FAMILIES["sd1"]) is None
+    images, _ = sld.generate(sd1, FAMILIES["sd1"], "t2i", ["a red square"] * 2, [0, 1], SETTINGS)
+    assert len(images) == 2 and images[0].size == (32, 32)
+    plain, _ = Variant().generate(sd1, FAMILIES["sd1"], "t2i", ["a red square"], [0], SETTINGS)
+    assert not np.array_equal(np.asarray(plain[0]), np.asarray(images[0]))  # safety guidance changed it
+
+    reason = sld.unavailable(FAMILIES["flux"])
+    assert reason and "does not apply to family 'flux'" in reason and "Stable Diffusion 1.x/2.x" in reason
+    with pytest.raises(BaselineNotApplicable, match="flux"):
+        sld_pipeline(object(), FAMILIES["flux"])
+    assert "text-to-image only" in sld.unavailable(FAMILIES["sd1"], "img2img")
+
+    # In an evaluation the inapplicable paths are reported, not measured.
+    summary = evaluate(sd1, _suites(), FakeDetector(), ["toy"], tmp_path, settings=SETTINGS, progress=False,
+                       variants=[Variant(), sld])
+    assert set(summary["by_variant"]["sld-max"]) == {"prompts"}
+    assert any("sld-max" in n and "text-to-image only" in n for n in summary["notes"])
+
+
+def test_safety_checker_variant(sd1) -> None:
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    config = CLIPConfig(
+        text_config=dict(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2),
+        vision_config=dict(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=8,
+    )
+    torch.manual_seed(0)
+    checker = StableDiffusionSafetyChecker(config).eval()
+    extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    variant = SafetyChecker(checker=checker, feature_extractor=extractor)
+    assert variant.setup(sd1, FAMILIES["sd1"]) is None
+    images, extra = variant.generate(sd1, FAMILIES["sd1"], "t2i", ["a red square"] * 2, [0, 1], SETTINGS)
+    assert len(images) == 2 and [set(e) for e in extra] == [{"safety_checker_flagged"}] * 2
+    assert "ships no safety checker" in SafetyChecker().unavailable(FAMILIES["sdxl"])
+    assert "no weights" in SafetyChecker().setup(sd1, FAMILIES["sd1"])
