@@ -2,12 +2,12 @@
 arXiv 2603.17828): no prompt ever names the concept.
 
 1. DDIM-invert a reference photo of the concept through the ERASED model with the empty prompt (guidance 1):
-   run the deterministic sampler backwards on the grid 0 -> t_N -> ... -> t_1, each step using the prediction at
-   the next (noisier) timestep on the current latent:
+   run the deterministic sampler backwards, clean -> t_{N-1} -> ... -> t_0, each step the exact inverse of the
+   sampler's step with the prediction taken on the current latent at the next (noisier) timestep:
 
-       x_{t+} = sqrt(a_{t+}) x0_hat(x_t, eps(x_t, t+, "")) + sqrt(1 - a_{t+}) eps(x_t, t+, "")
+       x_{t+} = sqrt(a_{t+}) x0_hat + sqrt(1 - a_{t+}) eps(x_t, t+, "")      x0_hat from x_t and that eps
 
-   (flow models: x_{s+} = x_s + (s+ - s) v(x_s, s+), the Euler step run backwards).
+   (v prediction likewise; flow models: x_{s+} = x_s + (s+ - s) v(x_s, s+), the Euler step run backwards).
 2. Regenerate from the inverted latent x_T with the empty (or a benign) prompt on the same grid. If the model can
    still represent the concept, the chain lands back on it: text-only erasure does not remove the image manifold.
 
@@ -32,13 +32,33 @@ from erase.evaluation.attacks.base import Attack, AttackResult, AttackTarget, fr
 def ddim_invert(adapter: DiffusionAdapter, x0: Tensor, cond: Conditioning, num_steps: int,
                 image: ImageCondition | None = None) -> Tensor:
     """Clean latents -> the x_T the deterministic sampler (`sample_trajectory`, guidance 1) maps back to them."""
-    ts = adapter.inference_timesteps(num_steps).to(adapter.device)
-    grid = torch.cat([torch.zeros_like(ts[:1]), ts.flip(0)])  # 0 (clean) -> t_{N-1} -> ... -> t_0 (noisiest)
-    x = x0
-    for t, t_next in zip(grid[:-1], grid[1:]):
-        pred = adapter.predict(x, t_next, cond, image)
-        x = adapter.step(x, t, t_next, pred)
+    ts = adapter.inference_timesteps(num_steps).to(adapter.device).flip(0)  # t_{N-1} (least noisy) ... t_0
+    x, t = x0, None
+    for t_next in ts:
+        x = invert_step(adapter, x, t, t_next, adapter.predict(x, t_next, cond, image))
+        t = t_next
     return x
+
+
+def invert_step(adapter: DiffusionAdapter, x: Tensor, t: Tensor | None, t_next: Tensor, pred: Tensor) -> Tensor:
+    """The exact inverse of `adapter.step(x_next, t_next, t, pred)` (t None = the clean end), solved for x_next.
+
+    A DDIM step is linear in its input, x_t = A x_{t_next} + B pred, with (a = alpha-bar, s = sqrt(1 - a), clean:
+    a = 1, s = 0) A = sqrt(a_t / a_n), B = s_t - sqrt(a_t) s_n / sqrt(a_n) for epsilon prediction and
+    A = sqrt(a_t a_n) + s_t s_n, B = s_t sqrt(a_n) - sqrt(a_t) s_n for v prediction; flow: x_t = x_n + (s_t - s_n) v.
+    Inversion evaluates pred on x_t instead of x_{t_next}: the only approximation."""
+    if adapter.is_flow:
+        s, s_next = (0.0 if t is None else t.float() / 1000), t_next.float() / 1000
+        return (x + (s_next - s) * pred).to(x.dtype)
+    ac = adapter.alphas_cumprod.to(x.device).double()
+    a_t = torch.ones((), dtype=torch.float64, device=x.device) if t is None else ac[t.long()]
+    a_n = ac[t_next.long()]
+    s_t, s_n = (1 - a_t).sqrt(), (1 - a_n).sqrt()
+    if adapter.prediction_type == "v_prediction":
+        A, B = (a_t * a_n).sqrt() + s_t * s_n, s_t * a_n.sqrt() - a_t.sqrt() * s_n
+    else:
+        A, B = (a_t / a_n).sqrt(), s_t - a_t.sqrt() * s_n / a_n.sqrt()
+    return ((x.double() - B * pred.double()) / A).to(x.dtype)
 
 
 @dataclass
