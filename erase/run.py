@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -62,8 +63,13 @@ def make_train_config(train_cfg: Mapping[str, Any] | None, lora: Mapping[str, An
 @dataclass
 class ErasureResult:
     method: str
+    concept: Concept
+    method_cfg: Mapping[str, Any]
     stats: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    base_hash: str = ""
+    lora: str | None = None  # name of the trained LoRA adapter, still attached until export/fuse
+    before: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     export: ExportPaths | None = None
 
 
@@ -85,40 +91,42 @@ def erase(
     card: Mapping[str, Any] | None = None,
     **train_overrides,
 ) -> ErasureResult:
-    import time
-
+    """Erase `concept` from the adapter's model in place; export unless told not to (then call `export_erased`)."""
     method = build_method(method_cfg["name"], method_cfg.get("params"))
     check_setup(method, adapter, concept)
     out_dir = Path(out_dir)
-    before = snapshot(adapter)
-    base_hash = model_hash(adapter)
+    result = ErasureResult(method_cfg["name"], concept, method_cfg, before=snapshot(adapter), base_hash=model_hash(adapter))
     t0 = time.time()
-    lora = None
     if isinstance(method, ClosedFormMethod):
-        stats = method.apply(adapter, concept)
-        cfg = None
+        result.stats = method.apply(adapter, concept)
     else:
         assert isinstance(method, FineTuneMethod)
         cfg = make_train_config(method_cfg.get("train"), method_cfg.get("lora"), seed, **train_overrides)
-        result = train(method, adapter, concept, cfg, out_dir)
-        stats = {"steps": float(result.steps), "final_loss": result.history[-1]["loss"] if result.history else float("nan")}
-        lora = (cfg.lora.name or lora_name(concept.id)) if cfg.lora else None
-    seconds = time.time() - t0
-    paths = None
+        run = train(method, adapter, concept, cfg, out_dir)
+        result.stats = {"steps": float(run.steps), "final_loss": run.history[-1]["loss"] if run.history else float("nan")}
+        result.lora = (cfg.lora.name or lora_name(concept.id)) if cfg.lora else None
+    result.seconds = time.time() - t0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "erasure.json").write_text(
+        json.dumps({"method": result.method, "stats": result.stats, "seconds": result.seconds}, indent=2)
+    )
     if do_export:
-        card_info = {
-            "name": f"{adapter.family} without {concept.id} ({method_cfg['name']})",
-            "concept": concept.id,
-            "method": method_cfg["name"],
-            "family": adapter.family,
-            "base_model_hash": base_hash,
-            "config": {"method": dict(method_cfg), "concept": concept.__dict__},
-            "lora": lora is not None,
-            **dict(card or {}),
-        }
-        paths = export(adapter, out_dir / "export", before, card_info, lora_adapter=lora)
-    elif lora is not None:  # keep the model usable as one set of weights
-        adapter.denoiser.fuse_lora(adapter_names=[lora])
-        adapter.denoiser.unload_lora()
-    (out_dir / "erasure.json").write_text(json.dumps({"method": method_cfg["name"], "stats": stats, "seconds": seconds}, indent=2))
-    return ErasureResult(method_cfg["name"], stats, seconds, paths)
+        export_erased(adapter, result, out_dir / "export", card)
+    return result
+
+
+def export_erased(adapter: DiffusionAdapter, result: ErasureResult, out_dir: str | Path, card: Mapping[str, Any] | None = None) -> ExportPaths:
+    """Write the hardened checkpoint (folder, changed weights, LoRA adapter, model card); fuses any LoRA."""
+    info = {
+        "name": f"{adapter.family} without {result.concept.id} ({result.method})",
+        "concept": result.concept.id,
+        "method": result.method,
+        "family": adapter.family,
+        "base_model_hash": result.base_hash,
+        "config": {"method": dict(result.method_cfg), "concept": result.concept.__dict__},
+        "lora": result.lora is not None,
+        **dict(card or {}),
+    }
+    result.export = export(adapter, out_dir, result.before, info, lora_adapter=result.lora)
+    result.lora = None  # fused into the weights by export
+    return result.export

@@ -50,7 +50,7 @@ VAE_CONFIG = dict(
     out_channels=3,
     down_block_types=("DownEncoderBlock2D",) * 3,  # 3 blocks = 2 downsamples: 32 px -> 8x8x4 latents
     up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(16, 32, 64),
+    block_out_channels=(32, 64, 64),
     layers_per_block=1,
     latent_channels=4,
     norm_num_groups=16,
@@ -211,7 +211,7 @@ def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator) -> Itera
 
 def train_vae(
     out_dir: str | Path, steps: int = 700, seed: int = 0, n_images: int = 12_000, batch_size: int = 64,
-    lr: float = 1e-3, kl_weight: float = 1e-6,
+    lr: float = 2e-3, kl_weight: float = 1e-6,
 ) -> AutoencoderKL:
     """AutoencoderKL (4x down) on renders; L1+MSE recon + a tiny KL. Sets scaling_factor = 1/std(latents)."""
     gen = _setup(seed)

@@ -60,18 +60,15 @@ class P4D(Attack):
         self.check(adapter)
         g = seeded(generator)
         original = OriginalView(adapter, target.original, self.name)
-        texts, soft, history, before, after = [], [], [], [], []
-        with frozen(adapter, original.adapter, original.denoiser):
-            for prompt in target.prompts:
-                out = self._attack_prompt(adapter, original, target, prompt, g)
-                texts.append(out["text"]), soft.append(out["soft"]), history.extend(out["history"])
-                before.append(out["initial"]), after.append(out["final"])
-        mean = lambda v: sum(v) / len(v)
+        with frozen(adapter, original.adapter, original.denoiser):  # one attack per concept prompt
+            outs = [self._attack_prompt(adapter, original, target, prompt, g) for prompt in target.prompts]
+        mean = lambda key: sum(o[key] for o in outs) / len(outs)
         return self.result(
-            "text", prompts=texts, conditioning=Conditioning.cat(soft), photo=target.photo, mask=target.mask,
-            initial_loss=mean(before), final_loss=mean(after), history=history,
+            "text", prompts=[o["text"] for o in outs], conditioning=Conditioning.cat([o["soft"] for o in outs]),
+            photo=target.photo, mask=target.mask, initial_loss=mean("initial"), final_loss=mean("final"),
+            history=[h for o in outs for h in o["history"]],
             info={"variant": "P4D-N" if self.insert_every is None else f"P4D-K (k={self.insert_every})",
-                  "per_prompt_final_loss": after},
+                  "per_prompt_final_loss": [o["final"] for o in outs]},
         )
 
     def _slots(self, tok, prompt: str):

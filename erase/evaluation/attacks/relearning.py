@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from erase.concept import Concept
 from erase.methods.base import FineTuneMethod, Original, text_only_image_condition
-from erase.models.adapter import DiffusionAdapter, ImageCondition
+from erase.models.adapter import DiffusionAdapter
 from erase.training import TrainConfig, train
 from erase.evaluation.attacks.base import (
     Attack,

@@ -77,17 +77,14 @@ class UnlearnDiffAtk(Attack):
         g = seeded(generator)
         x0 = target.reference_latents(adapter, self.name)
         image = target.image_condition(adapter, len(x0))
-        texts, soft, history, before, after, projected = [], [], [], [], [], []
-        with frozen(adapter):
-            for prompt in target.prompts:
-                out = self._attack_prompt(adapter, target, prompt, x0, image, g)
-                texts.append(out["text"]), soft.append(out["soft"]), history.extend(out["history"])
-                before.append(out["initial"]), after.append(out["final"]), projected.append(out["projected"])
-        mean = lambda v: sum(v) / len(v)
+        with frozen(adapter):  # one attack per concept prompt, as the reference
+            outs = [self._attack_prompt(adapter, target, prompt, x0, image, g) for prompt in target.prompts]
+        mean = lambda key: sum(o[key] for o in outs) / len(outs)
         return self.result(
-            "text", prompts=texts, conditioning=Conditioning.cat(soft), photo=target.photo, mask=target.mask,
-            initial_loss=mean(before), final_loss=mean(after), history=history,
-            info={"projected_loss": mean(projected), "per_prompt_final_loss": after},
+            "text", prompts=[o["text"] for o in outs], conditioning=Conditioning.cat([o["soft"] for o in outs]),
+            photo=target.photo, mask=target.mask, initial_loss=mean("initial"), final_loss=mean("final"),
+            history=[h for o in outs for h in o["history"]],
+            info={"projected_loss": mean("projected"), "per_prompt_final_loss": [o["final"] for o in outs]},
         )
 
     def _attack_prompt(self, adapter, target, prompt, x0, image, g) -> dict:
