@@ -36,8 +36,10 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
     concept = Concept.from_config(OmegaConf.to_container(cfg.concept, resolve=True))
     eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
-    device = "cpu" if cfg.cpu else None
-    adapter = load_model(model, cfg.precision, device)
+    from accelerate import PartialState
+
+    state = PartialState(cpu=bool(cfg.cpu))  # one process, or this rank of `accelerate launch`
+    adapter = load_model(model, cfg.precision, str(state.device))
     summary: dict[str, Any] = {"model": model["name"], "method": method_cfg["name"], "concept": concept.id}
 
     evaluating = cfg.task in ("evaluate", "erase_and_eval") and eval_cfg.get("suites")
@@ -54,6 +56,8 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
         erased = evaluate_adapter(adapter, eval_cfg, out / "eval-erased", f"{model['name']} - {method_cfg['name']}", concept, wandb=cfg.wandb)
         summary["erased"] = erased
         card["evaluation_markdown"] = comparison_markdown(summary)
+    if not state.is_main_process:
+        return summary  # rank 0 writes the checkpoint, the card and the summary
     if cfg.export:
         paths = export_erased(adapter, result, out / "export", card)
         summary["export"] = {k: str(v) for k, v in vars(paths).items() if v is not None}

@@ -8,6 +8,7 @@ so a run killed at any moment resumes from its last complete checkpoint. All ran
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -138,6 +139,8 @@ def train(
         if every and (step + 1) % every == 0 and step + 1 < cfg.steps:
             _save_on_main(accelerator, ckpt_root, step + 1, model, optimizer, names, cfg)
     model.eval()
+    if accelerator.num_processes > 1:
+        _record_rank_agreement(accelerator, model, names, out_dir)
     adapter.denoiser = accelerator.unwrap_model(model)
     setattr(adapter.pipe, adapter.spec.denoiser, adapter.denoiser)
     adapter.denoiser.requires_grad_(False)
@@ -147,6 +150,24 @@ def train(
     if cfg.wandb:
         accelerator.end_training()
     return result
+
+
+def weights_digest(model, names: list[str]) -> str:
+    h = hashlib.sha256()
+    params = dict(model.named_parameters())
+    for n in names:
+        h.update(params[n].detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _record_rank_agreement(accelerator, model, names: list[str], out_dir: Path) -> None:
+    """Each rank writes the digest of its trained weights; DDP must have kept them identical."""
+    digest = weights_digest(accelerator.unwrap_model(model), names)
+    ranks = out_dir / "ranks"
+    ranks.mkdir(parents=True, exist_ok=True)
+    (ranks / f"rank-{accelerator.process_index}.json").write_text(
+        json.dumps({"rank": accelerator.process_index, "world": accelerator.num_processes, "digest": digest})
+    )
 
 
 def _configure_denoiser(adapter: DiffusionAdapter, cfg: TrainConfig) -> None:
