@@ -49,11 +49,13 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     if cfg.task == "evaluate":
         return _finish(summary, out)
 
+    original = adapter.frozen_copy() if evaluating and eval_cfg.get("attacks") else None  # P4D needs the model before
     result = erase(adapter, method_cfg, concept, out, seed=cfg.seed, do_export=False, cpu=bool(cfg.cpu), wandb=bool(cfg.wandb))
     summary["erasure"] = {"stats": result.stats, "seconds": round(result.seconds, 1)}
     card: dict[str, Any] = {"base_model": model["path"]}
     if evaluating:
-        erased = evaluate_adapter(adapter, eval_cfg, out / "eval-erased", f"{model['name']} - {method_cfg['name']}", concept, wandb=cfg.wandb)
+        erased = evaluate_adapter(adapter, eval_cfg, out / "eval-erased", f"{model['name']} - {method_cfg['name']}", concept,
+                                  wandb=cfg.wandb, original=original)
         summary["erased"] = erased
         card["evaluation_markdown"] = comparison_markdown(summary)
     if not state.is_main_process:

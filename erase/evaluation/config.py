@@ -108,6 +108,7 @@ def evaluate_adapter(
     title: str,
     concept: Concept | None = None,
     wandb: bool = False,
+    original=None,
 ) -> dict[str, Any]:
     """Run the configured suites (resumable: finished items are skipped) and attacks on the adapter's model."""
     from accelerate import PartialState
@@ -130,7 +131,7 @@ def evaluate_adapter(
         from erase.evaluation.attack_suite import run_attacks
 
         summary["attacks"] = run_attacks(adapter, eval_cfg["attacks"], concept, detector, out_dir / "attacks",
-                                         eval_cfg.get("protocols", ["toy"])[0])
+                                         (eval_cfg.get("protocols") or ["toy"])[0], original=original)
     protos = eval_cfg.get("protocols") or []
     result = {"metrics": flat_metrics(summary, protos[0] if protos else None),
               "report": summary.get("files", {}).get("html"),
