@@ -7,7 +7,7 @@ All prompts here are neutral (colours and squares); the detector is a determinis
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,6 +20,7 @@ from PIL import Image
 from erase.detect.base import Detection
 from erase.evaluation import (
     BaselineNotApplicable,
+    BenignPrompt,
     EditCase,
     EditSpec,
     EditSuite,
@@ -134,6 +135,7 @@ def test_killed_run_resumes_to_identical_results(sd1, tmp_path: Path) -> None:
     assert s["protocols"]["toy"]["threshold"] == 0.5 and s["model"]["family"] == "sd1" and s["model"]["hash"]
     assert {r["route"] for r in records} == {"t2i", "img2img@0.75", "inpaint"}
     assert (out / "report.html").is_file() and "| prompts | model | toy |" in (out / "summary.md").read_text()
+    assert sorted(p.name for p in (out / "grids").iterdir()) == ["edits__model.png", "prompts__model.png"]
     flagged = [r for r in records if r["flagged"]]
     if flagged:
         r = flagged[0]
@@ -157,12 +159,17 @@ def test_sharded_ranks_merge_to_the_full_results(sd1, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ generation
 
 
+_PIPES: dict[str, Any] = {}
+
+
 @pytest.mark.parametrize("family,path", [
     ("sd1", "t2i"), ("sd1", "img2img"), ("sd1", "inpaint"), ("sd-inpaint", "inpaint"), ("ip2p", "instruct"),
-    ("kontext", "kontext"),
+    ("kontext", "kontext"), ("kontext", "t2i"),
 ])
 def test_generation_paths(family: str, path: str) -> None:
-    pipe = tiny_pipeline(family)
+    if family not in _PIPES:
+        _PIPES[family] = tiny_pipeline(family)
+    pipe = _PIPES[family]
     spec = FAMILIES[family]
     assert path in supported_paths(spec)
     n = 3
@@ -195,12 +202,40 @@ def test_prompt_suite_reads_i2p_shaped_csv(sd1, tmp_path: Path) -> None:
         w.writerows(rows)
     suite = PromptSuite.from_csv(path, categories=["shapes", "colours"], min_nudity=50, images_per_prompt=2)
     items = suite.items(FAMILIES["sd1"])
-    assert [(it.id, it.seeds, it.guidance) for it in items] == [("row00000", (11, 12), 3.0), ("row00001", (22, 23), 4.5)]
+    assert [(it.id, it.seeds, it.guidance) for it in items] == [("row00000", (11, 12), 3.0),
+                                                                  ("row00001", (22, 23), 4.5)]
     summary = evaluate(sd1, [suite], FakeDetector(), ["toy"], tmp_path / "out", settings=SETTINGS, progress=False)
     records = read_records(tmp_path / "out" / "results.jsonl")
     assert [(r["seed"], r["settings"]["guidance"]) for r in records] == [(11, 3.0), (12, 3.0), (22, 4.5), (23, 4.5)]
     assert all(r["text"] is None and r["meta"]["text_sha1"] for r in records)  # user prompt text is not copied
     assert "prompts" in summary
+
+
+def test_suites_from_datasets_objects() -> None:
+    import datasets
+
+    prompts = datasets.Dataset.from_list([
+        {"prompt": "a red square", "categories": "shapes", "evaluation_seed": 7, "evaluation_guidance": 2.5},
+        {"prompt": "a green square", "categories": "colours", "evaluation_seed": 8, "evaluation_guidance": 3.5},
+    ])
+    suite = PromptSuite.from_dataset(prompts, categories="colours")
+    assert [(it.id, it.seeds, it.guidance) for it in suite.items(FAMILIES["sd1"])] == [("row00001", (8,), 3.5)]
+
+    def png(image: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+
+    photos = datasets.Dataset.from_list([
+        {"image": {"bytes": png(tiny_image(64)), "path": None}, "edits": "recolour", "box": "0,0,32,32"},
+        {"image": {"bytes": b"broken", "path": None}, "edits": "", "box": ""},
+        {"image": {"bytes": png(tiny_image(64).convert("L")), "path": None}, "edits": "", "box": ""},
+    ]).cast_column("image", datasets.Image())
+    edits = EditSuite.from_dataset(photos, [EditSpec("recolour", "make it blue", "a blue square")], min_size=32)
+    assert edits.skipped == {"unreadable": 1, "too_small": 0, "non_rgb": 1}
+    items = edits.items(FAMILIES["sd1"])
+    assert [it.id for it in items][-1] == "img00000~recolour:inpaint"
+    assert items[0].image().size == (64, 64)  # type: ignore[operator]
 
 
 def test_edit_suite_skips_bad_photos(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -245,6 +280,36 @@ def test_toy_suites_and_utility(sd1, tmp_path: Path) -> None:
     assert set(summary["toy-prompts"]) == {"toy"} and set(summary["toy-edits"]) == {"toy"}
 
 
+def test_utility_clip_score(sd1, tmp_path: Path) -> None:
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from erase.models.tiny import _clip_tokenizer
+
+    torch.manual_seed(0)
+    clip = CLIPModel(_tiny_clip_config()).eval()
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                 crop_size={"height": 32, "width": 32}),
+                              tokenizer=_clip_tokenizer())
+    suite = UtilitySuite([BenignPrompt("b0", "a red square"), BenignPrompt("b1", "a blue square")],
+                         clip_model=(clip, processor))
+    summary = evaluate(sd1, [suite], FakeDetector(), ["toy"], tmp_path, settings=SETTINGS, progress=False)
+    util = summary["utility"]["utility"]
+    assert util["n_images"] == 2 and 0.0 <= util["clip_score"] <= 100.0
+
+
+def _tiny_clip_config():
+    from transformers import CLIPConfig
+
+    return CLIPConfig(
+        text_config=dict(vocab_size=514, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1),
+        vision_config=dict(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=8,
+    )
+
+
 # ------------------------------------------------------------------------------------------------ baselines
 
 
@@ -271,16 +336,10 @@ def test_sld_runs_on_sd1_and_is_refused_on_flux(sd1, tmp_path: Path) -> None:
 
 def test_safety_checker_variant(sd1) -> None:
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-    from transformers import CLIPConfig, CLIPImageProcessor
+    from transformers import CLIPImageProcessor
 
-    config = CLIPConfig(
-        text_config=dict(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2),
-        vision_config=dict(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=8,
-    )
     torch.manual_seed(0)
-    checker = StableDiffusionSafetyChecker(config).eval()
+    checker = StableDiffusionSafetyChecker(_tiny_clip_config()).eval()
     extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     variant = SafetyChecker(checker=checker, feature_extractor=extractor)
     assert variant.setup(sd1, FAMILIES["sd1"]) is None

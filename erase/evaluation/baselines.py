@@ -10,6 +10,7 @@ a family or a path, `unavailable` says so in one sentence and the harness report
 from __future__ import annotations
 
 import inspect
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -126,7 +127,8 @@ class SafeLatentDiffusion(Variant):
     preset: str = "MEDIUM"
     concept: str | None = None  # the concept to steer away from; None: diffusers' default text
     name: str = ""
-    _pipes: dict[int, Any] = field(default_factory=dict, repr=False)
+    # The safe pipeline shares the model's modules; one per model object, dropped with it.
+    _pipes: "weakref.WeakKeyDictionary[Any, Any]" = field(default_factory=weakref.WeakKeyDictionary, repr=False)
 
     def __post_init__(self) -> None:
         self.config = sld_config(self.preset)  # fail early on a bad preset
@@ -137,8 +139,8 @@ class SafeLatentDiffusion(Variant):
 
     def setup(self, pipe: Any, spec: FamilySpec, model_path: str | None = None) -> str | None:
         reason = self.unavailable(spec)
-        if reason is None and id(pipe) not in self._pipes:
-            self._pipes[id(pipe)] = sld_pipeline(pipe, spec, self.concept)
+        if reason is None and pipe not in self._pipes:
+            self._pipes[pipe] = sld_pipeline(pipe, spec, self.concept)
         return reason
 
     def describe(self) -> dict[str, Any]:
@@ -153,7 +155,7 @@ class SafeLatentDiffusion(Variant):
         self.setup(pipe, spec)
         size = resolution(pipe, settings)
         s = settings.replace(extra={**settings.extra, **self.config})
-        images = call_pipeline(self._pipes[id(pipe)], path, prompts, seeds, s, size=size,
+        images = call_pipeline(self._pipes[pipe], path, prompts, seeds, s, size=size,
                                guidance=kw.get("guidance"))
         return images, [{} for _ in images]
 

@@ -195,9 +195,8 @@ def call_pipeline(
         kwargs["strength"] = settings.inpaint_strength if strength is None else strength
     elif path == "instruct":
         kwargs["image_guidance_scale"] = settings.image_guidance
-    elif path == "kontext":
-        # Kontext otherwise resizes the photo to ~1 MP, whatever size was asked for.
-        kwargs.update(max_area=h * w, _auto_resize=False)
+    # Kontext pipelines (any path) otherwise resize to ~1 MP, whatever size was asked for; others drop these.
+    kwargs.update(max_area=h * w, _auto_resize=False)
     kwargs.update(settings.extra)
     accepted = _accepted(type(pipe).__call__)
     out = pipe(**{k: v for k, v in kwargs.items() if k in accepted})

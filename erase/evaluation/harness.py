@@ -109,7 +109,7 @@ class _Unit:
 
     @property
     def key(self) -> str:
-        return record_key(self.suite.name, self.variant.name, self.item.id, self.seed)
+        return record_key(self.suite.name, self.variant.name, self.item.id, self.seed, self.item.attack)
 
 
 def _plan(suite: Suite, variant: Variant, items: Sequence[Item], spec: FamilySpec, notes: list[str],
@@ -143,6 +143,11 @@ def _add_note(notes: list[str], message: str) -> None:
     if message not in notes:
         notes.append(message)
         log.warning(message)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _safe(name: str) -> str:
@@ -224,8 +229,9 @@ def evaluate(
     "complete": bool}; when other ranks are still running, "complete" is False and only counts are given.
     """
     names = [s.name for s in suites]
-    if len(set(names)) != len(names) or RESERVED & set(names):
-        raise ValueError(f"suite names must be unique and not one of {sorted(RESERVED)}: {names}")
+    clash = RESERVED & {s.name for s in suites if not s.utility}  # utility suites live under "utility"
+    if len(set(names)) != len(names) or clash:
+        raise ValueError(f"suite names must be unique, and leakage suites not named {sorted(RESERVED)}: {names}")
     dist = _dist(shard)
     pipe, spec, model_path = _load(model, family, device or dist.device, torch_dtype)
     protos = _protocols(protocols, detector)
@@ -253,7 +259,10 @@ def evaluate(
     existing = {r["key"]: r for r in store.records()}
     all_units: list[_Unit] = []
     for suite in suites:
+        suite.reset_notes()
         items = suite.items(spec)
+        if len({it.id for it in items}) != len(items):
+            raise ValueError(f"suite {suite.name!r} has duplicate item ids: results would overwrite each other")
         s_settings = suite.settings or settings
         size = resolution(pipe, s_settings)
         for v in runnable:
@@ -321,7 +330,8 @@ def _run(units: Sequence[_Unit], pipe: Any, spec: FamilySpec, detector: Any, pro
                 if u.key in existing:
                     continue
                 if save_images:
-                    rel = Path("images") / _safe(u.suite.name) / _safe(u.variant.name) / f"{_safe(u.item.id)}_{u.seed}.png"
+                    rel = (Path("images") / _safe(u.suite.name) / _safe(u.variant.name)
+                           / f"{_safe(u.item.id)}_{u.seed}.png")
                     save_image(record.pop("_image"), out / rel, flagged=record["flagged"], blur=blur)
                     record["image"] = rel.as_posix()
                 else:
@@ -369,7 +379,7 @@ def _generate_batch(batch: Sequence[_Unit], pipe: Any, spec: FamilySpec, detecto
         flags = {p.name: bool(p.hits(dets)) for p in protos}
         record: dict[str, Any] = {
             "key": u.key, "suite": u.suite.name, "variant": u.variant.name, "item": u.item.id,
-            "index": u.item.index, "seed": u.seed, "attack": None, "path": u.item.path, "route": u.item.label,
+            "index": u.item.index, "seed": u.seed, "attack": u.item.attack, "path": u.item.path, "route": u.item.label,
             "text": u.item.text if u.item.record_text else None, "meta": dict(u.item.meta),
             "detections": _detections_json(dets), "flags": flags, "flagged": any(flags.values()),
             "settings": _unit_settings(u, settings, spec, base, size), "_image": image,
@@ -413,6 +423,7 @@ def _finish(records: Sequence[dict[str, Any]], suites: Sequence[Suite], variants
             grid = _grid(recs, out, grid_size, blur)
             if grid is not None:
                 grids[f"{suite.name} [{v.name}] (first {min(grid_size, len(recs))} images)"] = grid
+                grid.save(_mkdir(out / "grids") / f"{_safe(suite.name)}__{_safe(v.name)}.png")
         by_variant[v.name] = vs
         if vi == 0:
             summary.update(vs)
@@ -459,8 +470,12 @@ def _grid(records: Sequence[Mapping[str, Any]], out: Path, n: int, blur: bool) -
     images = []
     for r in shown:
         with Image.open(out / r["image"]) as im:
-            images.append(im.convert("RGB"))
-    captions = [f"{r['item']}#{r['seed']}"[-24:] for r in shown]  # ids, never prompt text
+            im = im.convert("RGB")
+        if max(im.size) < 128:  # tiny models: enlarge for viewing (flagged images are blurred already)
+            k = -(-128 // max(im.size))
+            im = im.resize((im.width * k, im.height * k), Image.Resampling.NEAREST)
+        images.append(im)
+    captions = [f"{r['item']}#{r['seed']}"[-20:] for r in shown]  # ids, never prompt text
     return image_grid(images, captions=captions, flagged=[bool(r.get("flagged")) for r in shown], blur=blur)
 
 

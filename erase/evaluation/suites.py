@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -62,6 +63,7 @@ class Item:
     changed: tuple[str, ...] = ()  # attributes an edit changes (toy utility)
     meta: Mapping[str, Any] = field(default_factory=dict)  # recorded as is (must be JSON-serialisable)
     record_text: bool = True
+    attack: str | None = None  # set by attack suites: part of the result key
 
     @property
     def label(self) -> str:
@@ -81,12 +83,19 @@ class Suite:
     settings: GenSettings | None = None  # overrides the evaluation's settings for this suite
 
     def __init__(self) -> None:
-        self.notes: list[str] = []  # what was skipped and why; shown in the report
+        self.load_notes: list[str] = []  # skipped while loading (bad rows, bad photos): kept for every run
+        self.notes: list[str] = []  # what was skipped and why in this evaluation; shown in the report
 
-    def _note(self, message: str) -> None:
+    def _note(self, message: str, loading: bool = False) -> None:
+        if loading and message not in self.load_notes:
+            self.load_notes.append(message)
         if message not in self.notes:
             self.notes.append(message)
             log.warning(message)
+
+    def reset_notes(self) -> None:
+        """Start an evaluation's notes afresh (the same suite object may be run on several models)."""
+        self.notes = list(self.load_notes)
 
     def items(self, spec: FamilySpec) -> list[Item]:
         raise NotImplementedError
@@ -229,7 +238,8 @@ class PromptSuite(Suite):
                 break
         suite = cls(prompts, **kwargs)
         if empty:
-            suite._note(f"PromptSuite {suite.name!r}: {empty} row(s) without a {prompt_column!r} skipped")
+            suite._note(f"PromptSuite {suite.name!r}: {empty} row(s) without a {prompt_column!r} skipped",
+                        loading=True)
         return suite
 
     @classmethod
@@ -351,9 +361,7 @@ class PhotoChecker:
 
     def check(self, load: Callable[[], Any]) -> Image.Image | None:
         try:
-            image = load()
-            if not isinstance(image, Image.Image):
-                image = Image.open(image)
+            image = _as_image(load())
             image.load()
         except Exception:  # truncated, not an image, missing file, bad bytes...: all "unreadable"
             self.skipped["unreadable"] += 1
@@ -372,6 +380,17 @@ class PhotoChecker:
             return None
         parts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in self.skipped.items() if v)
         return f"{where}: skipped {n} photo(s) ({parts}; minimum side {self.min_size} px, RGB only)"
+
+
+def _as_image(value: Any) -> Image.Image:
+    """A PIL image from what datasets and folders hold: an image, a path, or {"bytes": ..., "path": ...}."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, Mapping):
+        value = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
+    if value is None:
+        raise ValueError("no image")
+    return Image.open(value)
 
 
 def _open_path(path: Path) -> Callable[[], Image.Image]:
@@ -430,7 +449,8 @@ class EditSuite(Suite):
 
     def __init__(self, cases: Sequence[EditCase], *, name: str = "edits", paths: Sequence[str] = EDIT_PATHS,
                  strengths: Sequence[float] = (0.5, 0.75), images_per_edit: int = 1, seed: int = 0,
-                 record_text: bool = True, settings: GenSettings | None = None, skipped: Mapping[str, int] | None = None):
+                 record_text: bool = True, settings: GenSettings | None = None,
+                 skipped: Mapping[str, int] | None = None):
         super().__init__()
         self.name, self.record_text, self.settings = name, record_text, settings
         self.edits = _EditItems(cases, paths, strengths, images_per_edit, seed)
@@ -482,12 +502,13 @@ class EditSuite(Suite):
             mask = _manifest_mask(folder, row, image.size, checker)
             if mask is False:
                 continue
-            photos.append(Photo(path.stem, _open_path(path), tuple(_split_list(row.get("edits"))) or None, mask))
+            pid = path.stem if path.stem not in {p.id for p in photos} else path.name  # a.png and a.jpg
+            photos.append(Photo(pid, _open_path(path), tuple(_split_list(row.get("edits"))) or None, mask))
         kwargs.setdefault("name", folder.name or "edits")
         kwargs.setdefault("record_text", False)
         suite = cls.from_photos(photos, edit_list, skipped=checker.skipped, **kwargs)
         if (msg := checker.report(f"EditSuite {suite.name!r} ({folder})")):
-            suite._note(msg)
+            suite._note(msg, loading=True)
         return suite
 
     @classmethod
@@ -501,7 +522,11 @@ class EditSuite(Suite):
         checker = PhotoChecker(min_size)
         photos = []
         for i in range(len(ds)):
-            row = ds[i]
+            try:
+                row = ds[i]  # decoding the row decodes its image: a broken one fails here
+            except Exception:
+                checker.skipped["unreadable"] += 1
+                continue
             image = checker.check(lambda row=row: row[image_column])
             if image is None:
                 continue
@@ -512,13 +537,13 @@ class EditSuite(Suite):
             elif row.get(box_column):
                 mask = box_mask(image.size, _box(row[box_column]))
             pid = str(row[id_column]) if id_column else f"img{i:05d}"
-            photos.append(Photo(pid, lambda i=i: ds[i][image_column], tuple(_split_list(row.get(edits_column))) or None,
-                                mask))
+            photos.append(Photo(pid, lambda i=i: _as_image(ds[i][image_column]),
+                                tuple(_split_list(row.get(edits_column))) or None, mask))
         kwargs.setdefault("name", dataset.split("/")[-1] if isinstance(dataset, str) else "edits")
         kwargs.setdefault("record_text", False)
         suite = cls.from_photos(photos, edit_list, skipped=checker.skipped, **kwargs)
         if (msg := checker.report(f"EditSuite {suite.name!r}")):
-            suite._note(msg)
+            suite._note(msg, loading=True)
         return suite
 
     @classmethod
@@ -620,14 +645,14 @@ class UtilitySuite(Suite):
 
     def __init__(self, prompts: Sequence[BenignPrompt] = (), edits: Sequence[EditCase] = (), *,
                  name: str = "utility", images_per_prompt: int = 1, seed: int = 0,
-                 edit_paths: Sequence[str] = EDIT_PATHS, strengths: Sequence[float] = (0.5,),
+                 paths: Sequence[str] = EDIT_PATHS, strengths: Sequence[float] = (0.5,),
                  images_per_edit: int = 1, record_text: bool = True, settings: GenSettings | None = None,
                  clip_model: Any = None, lpips: bool = False, fid_reference: str | Path | None = None):
         super().__init__()
         self.prompts = list(prompts)
         self.name, self.images_per_prompt, self.seed = name, images_per_prompt, seed
         self.record_text, self.settings = record_text, settings
-        self.edits = _EditItems(edits, edit_paths, strengths, images_per_edit, seed + 7919)
+        self.edits = _EditItems(edits, paths, strengths, images_per_edit, seed + 7919)
         self.clip_model, self.use_lpips, self.fid_reference = clip_model, lpips, fid_reference
         self._clip: tuple[Any, Any] | None = None
         self._lpips: Any = None
@@ -816,7 +841,8 @@ def _lpips_unavailable() -> str | None:
     return None
 
 
-def _fid(records: Sequence[Mapping[str, Any]], image_root: Path | None, reference: Path) -> tuple[float | None, str | None]:
+def _fid(records: Sequence[Mapping[str, Any]], image_root: Path | None, reference: Path
+         ) -> tuple[float | None, str | None]:
     """FID of the saved images against `reference` with torchmetrics, if available offline."""
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance

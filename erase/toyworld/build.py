@@ -210,7 +210,7 @@ def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator) -> Itera
 
 
 def train_vae(
-    out_dir: str | Path, steps: int = 700, seed: int = 0, n_images: int = 12_000, batch_size: int = 64,
+    out_dir: str | Path, steps: int = 800, seed: int = 0, n_images: int = 12_000, batch_size: int = 48,
     lr: float = 2e-3, kl_weight: float = 1e-6,
 ) -> AutoencoderKL:
     """AutoencoderKL (4x down) on renders; L1+MSE recon + a tiny KL. Sets scaling_factor = 1/std(latents)."""
@@ -297,7 +297,7 @@ def detector_accuracy(model: ToyDetector, images: torch.Tensor, targets: dict[st
 
 
 def train_detector(
-    out_path: str | Path, steps: int = 1500, seed: int = 0, vae: AutoencoderKL | None = None,
+    out_path: str | Path, steps: int = 600, seed: int = 0, vae: AutoencoderKL | None = None,
     n_images: int = 16_000, batch_size: int = 128, lr: float = 2e-3,
 ) -> ToyDetector:
     """ToyDetector on half exposed renders (+ VAE reconstructions when a VAE is given), with augmentation."""
@@ -502,7 +502,7 @@ def train_editor(
 # Everything
 # ---------------------------------------------------------------------------------------------------------
 
-STEPS = {"vae": 700, "detector": 1500, "t2i": 5000, "editor": 4000}
+STEPS = {"vae": 800, "detector": 600, "t2i": 5000, "editor": 4000}
 PARTS = ("vae", "detector", "t2i", "editor")  # build order: the detector mixes in VAE reconstructions
 
 
