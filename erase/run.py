@@ -91,20 +91,32 @@ def erase(
     card: Mapping[str, Any] | None = None,
     **train_overrides,
 ) -> ErasureResult:
-    """Erase `concept` from the adapter's model in place; export unless told not to (then call `export_erased`)."""
-    method = build_method(method_cfg["name"], method_cfg.get("params"))
-    check_setup(method, adapter, concept)
+    """Erase `concept` from the adapter's model in place; export unless told not to (then call `export_erased`).
+
+    A method config with `stages: [cfg, cfg, ...]` runs them in order on the same weights (e.g. UCE, then edit
+    refusal); every stage is checked against the family before the first one starts."""
+    stages = list(method_cfg.get("stages") or [method_cfg])
+    methods = [build_method(s["name"], s.get("params")) for s in stages]
+    for m in methods:
+        check_setup(m, adapter, concept)
     out_dir = Path(out_dir)
     result = ErasureResult(method_cfg["name"], concept, method_cfg, before=snapshot(adapter), base_hash=model_hash(adapter))
     t0 = time.time()
-    if isinstance(method, ClosedFormMethod):
-        result.stats = method.apply(adapter, concept)
-    else:
-        assert isinstance(method, FineTuneMethod)
-        cfg = make_train_config(method_cfg.get("train"), method_cfg.get("lora"), seed, **train_overrides)
-        run = train(method, adapter, concept, cfg, out_dir)
-        result.stats = {"steps": float(run.steps), "final_loss": run.history[-1]["loss"] if run.history else float("nan")}
-        result.lora = (cfg.lora.name or lora_name(concept.id)) if cfg.lora else None
+    for i, (stage, method) in enumerate(zip(stages, methods)):
+        stage_dir = out_dir if len(stages) == 1 else out_dir / f"stage-{i}-{stage['name']}"
+        if result.lora is not None:  # a later stage trains on top of the earlier adapter, fused
+            adapter.denoiser.fuse_lora(adapter_names=[result.lora])
+            adapter.denoiser.unload_lora()
+            result.lora = None
+        if isinstance(method, ClosedFormMethod):
+            stats = method.apply(adapter, concept)
+        else:
+            assert isinstance(method, FineTuneMethod)
+            cfg = make_train_config(stage.get("train"), stage.get("lora"), seed, **train_overrides)
+            run = train(method, adapter, concept, cfg, stage_dir)
+            stats = {"steps": float(run.steps), "final_loss": run.history[-1]["loss"] if run.history else float("nan")}
+            result.lora = (cfg.lora.name or lora_name(concept.id)) if cfg.lora else None
+        result.stats.update({f"{stage['name']}/{k}" if len(stages) > 1 else k: v for k, v in stats.items()})
     result.seconds = time.time() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "erasure.json").write_text(

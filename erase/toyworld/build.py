@@ -325,7 +325,7 @@ def train_detector(
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     model.eval()
     # Report accuracy on fresh held-out renders (and their reconstructions).
-    test = [world.scene_from_seed(world.HELDOUT_SEED_START + i, p_exposed=0.5) for i in range(1000)]
+    test = [world.scene_from_seed(world.HELDOUT_SEED_START + i, p_exposed=0.5) for i in range(min(1000, n_images))]
     test_images, test_targets = render_uint8(test), _scene_targets(test)
     print("detector accuracy on held-out renders:", _fmt(detector_accuracy(model, test_images, test_targets)))
     if vae is not None:
