@@ -36,8 +36,7 @@ from erase.toyworld import world
 from erase.toyworld.detector import HEADS, ToyDetector, save_detector
 from erase.toyworld.tokenizer import BOS, EOS, MAX_LENGTH, PAD, build_tokenizer
 
-# Two threads on the 2-core build machine; TOYWORLD_THREADS=1 is far faster when other jobs share the cores
-# (OpenMP threads spin-waiting on oversubscribed cores slow every step down by 10x or more).
+# At most two threads (the 2-core build machine); see `ThreadGovernor` for why fewer while others run.
 THREADS = int(os.environ.get("TOYWORLD_THREADS", "2"))
 IMAGE_SIZE = 32
 
@@ -164,6 +163,47 @@ def _setup(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+class ThreadGovernor:
+    """Use THREADS threads while the cores are free, fewer while other processes keep them busy.
+
+    Why: OpenMP threads spin-wait on each other; on an oversubscribed 2-core machine a 2-thread training step
+    was measured at 10-25 s instead of 0.2 s, while 1 thread stayed at 0.3-0.4 s. Every `every` steps this
+    reads how many cores other processes used (/proc/stat minus our own CPU time) and sets the thread count.
+    """
+
+    def __init__(self, max_threads: int = THREADS, every: int = 20) -> None:
+        self.max, self.every, self.n = max_threads, every, 0
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.mark = self._sample()
+        torch.set_num_threads(max_threads)
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        """(CPU seconds the whole machine was busy, our own CPU seconds, wall clock)."""
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:8]]
+        except (OSError, ValueError):
+            return None  # not Linux: keep the fixed thread count
+        t = os.times()
+        busy = (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        return busy, t.user + t.system, time.monotonic()
+
+    def step(self) -> None:
+        self.n += 1
+        if self.max <= 1 or self.n % self.every or self.mark is None:
+            return
+        now = self._sample()
+        if now is None:
+            return
+        busy, own, wall = (a - b for a, b in zip(now, self.mark))
+        self.mark = now
+        others = max(0.0, busy - own) / max(wall, 1e-3)  # cores other processes kept busy
+        threads = max(1, min(self.max, int(self.cores - others + 0.3)))
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+
+
 def _lr_lambda(steps: int, warmup: int = 100, floor: float = 0.05) -> Callable[[int], float]:
     """Linear warmup then cosine decay to `floor` x lr: short runs end much better with a decayed lr."""
     warmup = max(1, min(warmup, steps // 10))
@@ -221,7 +261,9 @@ def train_vae(
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps))
     bar = tqdm(_batches(len(images), batch_size, steps, gen), total=steps, desc="vae", mininterval=5)
+    gov = ThreadGovernor()
     for idx in bar:
+        gov.step()
         x = to_float(images[idx])
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=gen)).sample
@@ -230,7 +272,7 @@ def train_vae(
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        bar.set_postfix(loss=f"{loss.item():.4f}", threads=torch.get_num_threads(), refresh=False)
     vae.eval()
     with torch.no_grad():
         z = encode_latents(vae, images[:2000])
@@ -313,7 +355,9 @@ def train_detector(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps))
     bar = tqdm(_batches(len(images), batch_size, steps, gen), total=steps, desc="detector", mininterval=5)
+    gov = ThreadGovernor()
     for idx in bar:
+        gov.step()
         out = model(augment(to_float(images[idx]), gen))
         loss = F.binary_cross_entropy_with_logits(out["exposed"], targets["exposed"][idx])
         for k in HEADS:
@@ -322,7 +366,7 @@ def train_detector(
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        bar.set_postfix(loss=f"{loss.item():.4f}", threads=torch.get_num_threads(), refresh=False)
     model.eval()
     # Report accuracy on fresh held-out renders (and their reconstructions).
     test = [world.scene_from_seed(world.HELDOUT_SEED_START + i, p_exposed=0.5) for i in range(min(1000, n_images))]
@@ -404,7 +448,9 @@ def train_t2i(
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps))
     ema = EMA([unet, te])
     bar = tqdm(_batches(n_images, batch_size, steps, gen), total=steps, desc="t2i", mininterval=5)
+    gov = ThreadGovernor()
     for idx in bar:
+        gov.step()
         k = torch.randint(0, ids.shape[1], (len(idx),), generator=gen)
         batch_ids = ids[idx, k]
         drop = torch.rand(len(idx), generator=gen) < p_uncond  # caption dropout: classifier-free guidance
@@ -416,7 +462,7 @@ def train_t2i(
         opt.step()
         lr_sched.step()
         ema.update()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        bar.set_postfix(loss=f"{loss.item():.4f}", threads=torch.get_num_threads(), refresh=False)
     ema.copy_to()
     return _save_t2i(Path(out_dir), vae, te, tok, unet)
 
@@ -474,7 +520,9 @@ def train_editor(
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps))
     ema = EMA([unet, te])
     bar = tqdm(_batches(n_triplets, batch_size, steps, gen), total=steps, desc="editor", mininterval=5)
+    gov = ThreadGovernor()
     for idx in bar:
+        gov.step()
         batch_ids, cond_img = ids[idx].clone(), photo_lat[idx].clone()
         r = torch.rand(len(idx), generator=gen)
         drop_text = r < 2 * p_drop  # [0, p): text only, [p, 2p): both
@@ -488,7 +536,7 @@ def train_editor(
         opt.step()
         lr_sched.step()
         ema.update()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        bar.set_postfix(loss=f"{loss.item():.4f}", threads=torch.get_num_threads(), refresh=False)
     ema.copy_to()
     pipe = StableDiffusionInstructPix2PixPipeline(
         vae=vae, text_encoder=te.eval(), tokenizer=tok, unet=unet.eval(), scheduler=sample_scheduler(),
