@@ -13,3 +13,9 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "torch==2.13.0"
 fi
 python -m pip install -q -e ".[dev]"
+# Headless Chromium renders the HTML reports to PNG (erase.report.screenshot and its test). Debian package;
+# best effort: without it the screenshot test is skipped with its reason.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || echo "setup: could not install chromium; report screenshots will be skipped"
+fi

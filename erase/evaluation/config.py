@@ -44,7 +44,9 @@ def build_suites(suites_cfg: Mapping[str, Any], size: int) -> list:
 
     suites = []
     for name, c in (suites_cfg or {}).items():
-        c = dict(c or {})
+        if c is None:  # a suite switched off by an override (e.g. `eval.suites.prompts=null`)
+            continue
+        c = dict(c)
         source = c.pop("source", "toy")
         if name.startswith("prompts"):
             if source == "toy":
