@@ -97,6 +97,11 @@ def _finish(summary: dict[str, Any], out: Path) -> dict[str, Any]:
         print(f"\n{'metric':<{width}}  {'base':>8}  {'erased':>8}  {'change':>8}")
         for r in rows:
             print(f"{r['metric']:<{width}}  {r['base']:>8}  {r['erased']:>8}  {r['change']:>8}")
+    if er := summary.get("erasure"):
+        stats = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in er["stats"].items())
+        print(f"erased {summary['concept']!r} from {summary['model']} with {summary['method']} in {er['seconds']} s ({stats})")
+    if ex := summary.get("export"):
+        print(f"hardened checkpoint: {ex.get('pipeline')} (card: {ex.get('card')})")
     for name in ("base", "erased"):
         if page := summary.get(name, {}).get("report"):
             print(f"report ({name}): {page}")

@@ -54,7 +54,8 @@ def main() -> None:
     a = load_model(model)
     x = torch.randn(a.latent_shape(1))
     t = torch.tensor([500])
-    cond = a.encode_prompts(concept.prompts)
+    with torch.no_grad():
+        cond = a.encode_prompts(concept.prompts)
     frozen = a.frozen_copy()
     params = a.set_trainable("non-xattn")
     opt = torch.optim.AdamW(params, lr=1e-5)

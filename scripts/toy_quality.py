@@ -16,6 +16,7 @@ import argparse
 import os
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -104,7 +105,7 @@ def eval_sdedit(
     prompts = []
     for i, s in enumerate(scenes):
         rng = np.random.default_rng(SEEDS["sdedit"] + i)
-        bare = type(s)(**{**s.__dict__, "shirt": None})
+        bare = replace(s, shirt=None)
         prompts.append(caption(bare, rng, exposed_phrase=EXPOSED_PHRASES[i % len(EXPOSED_PHRASES)],
                                mention={"trousers": True, "background": True, "obj": True}))
     inputs = [render(s) for s in scenes]
@@ -147,8 +148,7 @@ def eval_editor(editor: Any, det: ToyWorldDetector, n_per: int) -> tuple[list[tu
 
 
 def detector_sanity(det: ToyWorldDetector, n: int) -> list[tuple[str, float]]:
-    scenes = [type(s)(**{**s.__dict__, "shirt": None}) if i % 2 else s
-              for i, s in enumerate(photos(n, HELDOUT_SEED_START + 40_000))]
+    scenes = [replace(s, shirt=None) if i % 2 else s for i, s in enumerate(photos(n, HELDOUT_SEED_START + 40_000))]
     preds = det.attributes([render(s) for s in scenes])
     ok = [p["exposed"] == s.exposed and all(p[k] == s.attributes()[k] for k in ATTRS) for p, s in zip(preds, scenes)]
     return [("detector on fresh renders: all attributes", float(np.mean(ok)))]

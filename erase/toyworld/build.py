@@ -164,18 +164,23 @@ def _setup(seed: int) -> torch.Generator:
 
 
 class ThreadGovernor:
-    """Use THREADS threads while the cores are free, fewer while other processes keep them busy.
+    """Use THREADS threads while the cores are free, one while other processes keep them busy.
 
     Why: OpenMP threads spin-wait on each other; on an oversubscribed 2-core machine a 2-thread training step
-    was measured at 10-25 s instead of 0.2 s, while 1 thread stayed at 0.3-0.4 s. Every `every` steps this
-    reads how many cores other processes used (/proc/stat minus our own CPU time) and sets the thread count.
+    was measured at 10-25 s instead of 0.2 s, while 1 thread stayed at 0.3-0.4 s. Call `step()` once per
+    training step. With one thread, the CPU time other processes use (/proc/stat minus ours) is reliable, so
+    it goes up to THREADS when enough cores are free; with THREADS threads it goes back to one when steps get
+    much slower than the best seen, or when others clearly use the cores.
     """
 
-    def __init__(self, max_threads: int = THREADS, every: int = 20) -> None:
-        self.max, self.every, self.n = max_threads, every, 0
+    def __init__(self, max_threads: int = THREADS, window: int = 10) -> None:
+        self.max, self.window = max_threads, window
         self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.best: float | None = None  # fastest median step time seen with max threads
+        self.times: list[float] = []
+        self.last = time.monotonic()
         self.mark = self._sample()
-        torch.set_num_threads(max_threads)
+        self._set(1 if self.max > 1 and self.mark is not None else self.max)
 
     @staticmethod
     def _sample() -> tuple[float, float, float] | None:
@@ -189,19 +194,31 @@ class ThreadGovernor:
         busy = (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
         return busy, t.user + t.system, time.monotonic()
 
+    def _set(self, n: int) -> None:
+        self.threads = n
+        torch.set_num_threads(n)
+
     def step(self) -> None:
-        self.n += 1
-        if self.max <= 1 or self.n % self.every or self.mark is None:
+        now = time.monotonic()
+        self.times.append(now - self.last)
+        self.last = now
+        if self.max <= 1 or self.mark is None or len(self.times) < self.window:
             return
-        now = self._sample()
-        if now is None:
+        median = sorted(self.times)[len(self.times) // 2]
+        self.times = []
+        sample = self._sample()
+        if sample is None:
             return
-        busy, own, wall = (a - b for a, b in zip(now, self.mark))
-        self.mark = now
-        others = max(0.0, busy - own) / max(wall, 1e-3)  # cores other processes kept busy
-        threads = max(1, min(self.max, int(self.cores - others + 0.3)))
-        if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
+        busy, own, wall = (a - b for a, b in zip(sample, self.mark))
+        self.mark = sample
+        free = self.cores - max(0.0, busy - own) / max(wall, 1e-3)  # cores other processes left free
+        if self.threads == 1:
+            if free >= self.max - 0.3:
+                self._set(self.max)
+        else:
+            self.best = median if self.best is None else min(self.best, median)
+            if median > 1.5 * self.best or free < self.max - 0.7:
+                self._set(1)
 
 
 def _lr_lambda(steps: int, warmup: int = 100, floor: float = 0.05) -> Callable[[int], float]:

@@ -74,7 +74,7 @@ def images_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
 
 
 def save_detector(model: ToyDetector, path: str | Path) -> None:
-    """Weights as safetensors at `path`, architecture config next to it as `<path>.json` stem + .json."""
+    """Weights as safetensors at `path` (e.g. detector.safetensors), its config next to it (detector.json)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
