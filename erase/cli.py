@@ -45,7 +45,8 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     evaluating = cfg.task in ("evaluate", "erase_and_eval") and eval_cfg.get("suites")
     if evaluating:
         base_dir = Path(eval_cfg.get("base_cache") or out / "eval-base")
-        summary["base"] = evaluate_adapter(adapter, eval_cfg, base_dir, f"{model['name']} (base)", concept, wandb=cfg.wandb)
+        summary["base"] = evaluate_adapter(adapter, eval_cfg, base_dir, f"{model['name']} (base)", concept,
+                                           wandb=cfg.wandb, baselines=True)
     if cfg.task == "evaluate":
         return _finish(summary, out)
 

@@ -76,6 +76,23 @@ def build_suites(suites_cfg: Mapping[str, Any], size: int) -> list:
     return suites
 
 
+def build_variants(baselines: Mapping[str, Any] | None) -> list | None:
+    """The model as is, plus the configured baselines run on the same items (base evaluations only)."""
+    if not baselines:
+        return None
+    from erase.evaluation.baselines import NegativePrompt, SafeLatentDiffusion, SafetyChecker, Variant
+
+    variants = [Variant()]
+    if text := baselines.get("negative_prompt"):
+        variants.append(NegativePrompt(text))
+    if sld := baselines.get("sld"):
+        variants.append(SafeLatentDiffusion(**({} if sld is True else dict(sld))))
+    if baselines.get("safety_checker"):
+        checker = baselines["safety_checker"]
+        variants.append(SafetyChecker(**({} if checker is True else dict(checker))))
+    return variants
+
+
 def flat_metrics(summary: Mapping[str, Any], headline_protocol: str | None = None) -> dict[str, float]:
     metrics: dict[str, float] = {}
     leak = []
@@ -111,6 +128,7 @@ def evaluate_adapter(
     concept: Concept | None = None,
     wandb: bool = False,
     original=None,
+    baselines: bool = False,
 ) -> dict[str, Any]:
     """Run the configured suites (resumable: finished items are skipped) and attacks on the adapter's model."""
     from accelerate import PartialState
@@ -128,6 +146,7 @@ def evaluate_adapter(
         settings=build_settings(eval_cfg.get("sampling")),
         batch_size=int(eval_cfg.get("batch_size", 8)),
         title=title, wandb=wandb, blur=bool(eval_cfg.get("blur", True)),
+        variants=build_variants(eval_cfg.get("baselines")) if baselines else None,
     )
     if eval_cfg.get("attacks") and concept is not None:
         from erase.evaluation.attack_suite import run_attacks
@@ -135,7 +154,12 @@ def evaluate_adapter(
         summary["attacks"] = run_attacks(adapter, eval_cfg["attacks"], concept, detector, out_dir / "attacks",
                                          (eval_cfg.get("protocols") or ["toy"])[0], original=original)
     protos = eval_cfg.get("protocols") or []
-    result = {"metrics": flat_metrics(summary, protos[0] if protos else None),
+    metrics = flat_metrics(summary, protos[0] if protos else None)
+    for variant, vs in (summary.get("by_variant") or {}).items():
+        if variant != "model":
+            metrics.update({f"baseline:{variant}/{k}": v for k, v in flat_metrics(vs, protos[0] if protos else None).items()
+                            if k in ("leakage", "utility")})
+    result = {"metrics": metrics,
               "report": summary.get("files", {}).get("html"),
               "markdown": summary.get("files", {}).get("markdown")}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
