@@ -77,6 +77,8 @@ def train(
     method.check(adapter.spec)
     out_dir = Path(out_dir)
     ckpt_root = out_dir / "checkpoints"
+    if accelerator is None:
+        _fresh_accelerator_state()
     accelerator = accelerator or Accelerator(
         mixed_precision=cfg.mixed_precision,
         cpu=cfg.cpu,
@@ -150,6 +152,14 @@ def train(
     if cfg.wandb:
         accelerator.end_training()
     return result
+
+
+def _fresh_accelerator_state() -> None:
+    """accelerate keeps one AcceleratorState per process; a second run with other settings (another stage, a
+    notebook cell) must start from a clean one. The process group (PartialState) is kept."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def weights_digest(model, names: list[str]) -> str:

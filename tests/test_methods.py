@@ -153,3 +153,14 @@ def test_bad_concepts_are_clear_errors():
     check_tokenizes(Concept(id="x", prompts=["a cat"]), WordTokenizer())
     with pytest.raises(ConceptError, match="tokenises to nothing"):
         check_tokenizes(Concept(id="x", prompts=["qwzx vvv"]), WordTokenizer())
+
+
+def test_gpu_paths_run_on_cpu(tmp_path):
+    """bf16 autocast, gradient checkpointing and grad accumulation: the GPU code paths, exercised on the CPU."""
+    a = tiny_adapter("sd1")
+    before = {n: p.clone() for n, p in a.denoiser.named_parameters()}
+    r = train(ESD(**FAST_ESD), a, CONCEPT, cfg(mixed_precision="bf16", gradient_checkpointing=True, grad_accum=2), tmp_path)
+    assert r.steps == 2 and a.denoiser.is_gradient_checkpointing
+    assert any(not torch.equal(p, before[n]) for n, p in a.denoiser.named_parameters())
+    with pytest.raises(ImportError, match="erase\\[gpu\\]"):
+        train(ESD(**FAST_ESD), tiny_adapter("sd1"), CONCEPT, cfg(attention="xformers"), tmp_path / "x")
