@@ -2,6 +2,7 @@
 
     python scripts/toy_demo.py                  # text-to-image model and editing model, ~10 minutes on 2 CPU cores
     python scripts/toy_demo.py --quick          # smaller evaluation, for a first look
+    python scripts/toy_demo.py --attacks        # plus every attack against base and erased models
 
 Runs the `experiment/toy_t2i` and `experiment/toy_editor` configs through the same entry point as `erase`,
 then prints one table and writes a leaderboard page. Everything lands in outputs/toy-demo/.
@@ -24,13 +25,15 @@ def main() -> None:
     ap.add_argument("--out", default="outputs/toy-demo")
     ap.add_argument("--quick", action="store_true", help="fewer evaluation items")
     ap.add_argument("--experiments", nargs="+", default=["toy_t2i", "toy_editor"])
+    ap.add_argument("--attacks", action="store_true", help="also run every attack (eval=toy_attacks)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args()
     out = Path(args.out)
     t0 = time.time()
     rows = []
     for exp in args.experiments:
-        overrides = [f"+experiment={exp}", f"out_dir={out / exp}", *args.overrides]
+        overrides = [f"+experiment={exp}", f"out_dir={out / exp}", *(["eval=toy_attacks"] if args.attacks else []),
+                     *args.overrides]
         if args.quick:
             overrides += ["eval.suites.prompts.n=16", "eval.suites.edits.n_photos=6", "eval.suites.utility.n_prompts=12", "eval.suites.benign-edits.n_edits_per_kind=2"]
         with initialize_config_dir(str(CONFIGS), version_base=None):
