@@ -164,3 +164,27 @@ def test_gpu_paths_run_on_cpu(tmp_path):
     assert any(not torch.equal(p, before[n]) for n, p in a.denoiser.named_parameters())
     with pytest.raises(ImportError, match="erase\\[gpu\\]"):
         train(ESD(**FAST_ESD), tiny_adapter("sd1"), CONCEPT, cfg(attention="xformers"), tmp_path / "x")
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+def test_adapter_sampler_matches_the_pipeline(family):
+    """ESD's trajectories come from the adapter's sampler: it must visit the pipeline's timesteps and land where
+    the pipeline lands (DDIM, eps and v prediction), so erasure trains on the states generation passes through."""
+    a = tiny_adapter(family)
+    with torch.no_grad():
+        c, u = a.encode_prompts(["a cat"] * 2), a.encode_prompts([""] * 2)
+        x_T = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+        mine = a.sample(c, u, 5, 4.0, x_T=x_T)
+        ref = a.pipe(["a cat"] * 2, latents=x_T, num_inference_steps=5, guidance_scale=4.0, output_type="latent",
+                     height=32, width=32).images
+    assert torch.allclose(mine, ref, atol=1e-4), (mine - ref).abs().max()
+
+
+def test_x0_weighting_puts_the_loss_where_content_is_decided():
+    a = tiny_adapter("sd1")
+    w = a.x0_weight(torch.tensor([999, 500, 10]))
+    assert w[0] > w[1] > w[2]
+    x_t, t = torch.randn(3, 4, 16, 16), torch.tensor([999, 500, 10])
+    err = torch.randn(3, 4, 16, 16) * 1e-2
+    x0_err = (a.x0_from_prediction(x_t, t, err) - a.x0_from_prediction(x_t, t, torch.zeros_like(err))).pow(2).flatten(1).mean(1)
+    assert torch.allclose(x0_err, w * err.pow(2).flatten(1).mean(1), rtol=1e-3)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from erase.concept import Concept
-from erase.methods.base import MethodError, Original, text_only_image_condition
+from erase.methods.base import MethodError, Original, prediction_loss, text_only_image_condition
 from erase.methods.esd import ESD
 from erase.models.adapter import Conditioning, DiffusionAdapter
 
@@ -96,7 +96,7 @@ class AdversarialErasure(ESD):
         target = self.targets(x_t, t, cond, image)
         e_p = self.original.predict(x_t, t, cond, image)
         adv = self._adversarial_condition(model, x_t, t, which, image, e_p, generator)
-        erase = F.mse_loss(self.adapter.predict(x_t, t, adv, image, denoiser=model).float(), target.float())
+        erase = prediction_loss(self.adapter, self.adapter.predict(x_t, t, adv, image, denoiser=model), target, t, self.loss_weighting)
         logs = {"erase_loss": erase.item()}
         total = erase
         if self.retain is not None and self.retain_weight > 0:

@@ -136,6 +136,20 @@ def text_only_image_condition(adapter: DiffusionAdapter, n: int) -> ImageConditi
     return None
 
 
+LOSS_WEIGHTINGS = ("eps", "x0")
+
+
+def prediction_loss(adapter: DiffusionAdapter, pred: Tensor, target: Tensor, t: Tensor, weighting: str = "eps") -> Tensor:
+    """MSE between predictions. "eps": plain, in the model's own parameterisation (the reference codes);
+    "x0": each sample weighted by how much its error moves the predicted clean image (`x0_weight`)."""
+    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    if weighting == "eps":
+        return per_sample.mean()
+    if weighting == "x0":
+        return (adapter.x0_weight(t).to(per_sample) * per_sample).mean()
+    raise MethodError(f"loss weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
+
+
 def derived_generator(seed: int, *keys: object) -> torch.Generator:
     """A generator that depends only on (seed, keys): the same draws after a resume, on every rank."""
     digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()

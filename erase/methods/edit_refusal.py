@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from erase.concept import Concept
-from erase.methods.base import FineTuneMethod, MethodError, Original, derived_generator
+from erase.methods.base import FineTuneMethod, MethodError, Original, prediction_loss
 from erase.models.adapter import Conditioning, DiffusionAdapter, ImageCondition
 from erase.photos import PhotoSet, load_photos
 
@@ -54,6 +54,7 @@ class EditRefusal(FineTuneMethod):
         text_agnostic_weight: float = 0.5,
         batch_size: int = 4,
         photos: dict | None = None,
+        loss_weighting: str = "eps",
     ):
         if path != "auto" and path not in PATHS:
             raise MethodError(f"edit_refusal path must be auto or one of {PATHS}, got {path!r}")
@@ -64,6 +65,7 @@ class EditRefusal(FineTuneMethod):
         self.branches, self.strength = branches, tuple(strength)
         self.preserve_weight, self.text_agnostic_weight = preserve_weight, text_agnostic_weight
         self.batch_size, self.photo_cfg = batch_size, dict(photos or {"source": "toy", "n": 64})
+        self.loss_weighting = loss_weighting
 
     @staticmethod
     def path_for(spec) -> str:
@@ -152,7 +154,7 @@ class EditRefusal(FineTuneMethod):
             else:
                 with torch.no_grad():
                     target = self.original.predict(x_t, t, cond, img) - self.eta_null * d
-            branch_loss = F.mse_loss(a.predict(x_t, t, cond, img, denoiser=model).float(), target.float())
+            branch_loss = prediction_loss(a, a.predict(x_t, t, cond, img, denoiser=model), target, t, self.loss_weighting)
             logs[f"refuse_{name}"] = branch_loss.item()
             terms.append(branch_loss)
         total = torch.stack(terms).mean()
@@ -162,7 +164,7 @@ class EditRefusal(FineTuneMethod):
             bc = self.benign.select(torch.randint(len(self.benign), (b,), generator=g).to(a.device))
             with torch.no_grad():
                 keep = self.original.predict(x_p, t, bc, image)
-            preserve = F.mse_loss(a.predict(x_p, t, bc, image, denoiser=model).float(), keep.float())
+            preserve = prediction_loss(a, a.predict(x_p, t, bc, image, denoiser=model), keep, t, self.loss_weighting)
             total = total + self.preserve_weight * preserve
             logs["preserve"] = preserve.item()
 

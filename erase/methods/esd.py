@@ -22,11 +22,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from erase.concept import Concept
-from erase.methods.base import FineTuneMethod, MethodError, Original, derived_generator, text_only_image_condition
+from erase.methods.base import (
+    FineTuneMethod,
+    MethodError,
+    Original,
+    derived_generator,
+    prediction_loss,
+    text_only_image_condition,
+)
 from erase.models.adapter import Conditioning, DiffusionAdapter
 
 VARIANT_GROUPS = {"esd-x": "xattn", "esd-x-strict": "xattn-kv", "esd-u": "non-xattn", "esd-all": "all"}
@@ -56,6 +62,7 @@ class ESD(FineTuneMethod):
         trajectory_mode: str = "reuse",  # "reuse" | "naive"
         trajectories: int = 16,
         refresh_every: int = 16,
+        loss_weighting: str = "eps",
     ):
         if variant not in VARIANT_GROUPS:
             raise MethodError(f"unknown ESD variant {variant!r}; choose one of {sorted(VARIANT_GROUPS)}")
@@ -68,6 +75,7 @@ class ESD(FineTuneMethod):
         self.num_steps, self.start_guidance = num_steps, start_guidance
         self.batch_size, self.trajectory_mode = batch_size, trajectory_mode
         self.trajectories, self.refresh_every = trajectories, refresh_every
+        self.loss_weighting = loss_weighting
         self._cache: TrajectoryCache | None = None
         self._cache_id = -1
 
@@ -131,7 +139,7 @@ class ESD(FineTuneMethod):
         image = text_only_image_condition(self.adapter, x_t.shape[0])
         target = self.targets(x_t, t, cond, image)
         pred = self.adapter.predict(x_t, t, cond, image, denoiser=model)
-        return F.mse_loss(pred.float(), target.float()), {}
+        return prediction_loss(self.adapter, pred, target, t, self.loss_weighting), {}
 
 
 def esd_target(e_0: Tensor, e_p: Tensor, eta: float, convention: str = "original", e_from: Tensor | None = None) -> Tensor:

@@ -310,6 +310,15 @@ class DiffusionAdapter:
             return a.sqrt() * x_t - (1 - a).sqrt() * pred
         return (x_t - (1 - a).sqrt() * pred) / a.sqrt()
 
+    def x0_weight(self, t: Tensor) -> Tensor:
+        """Per-sample factor that turns a squared error of the prediction into the squared error it causes in the
+        predicted clean image. Erasure targets differ from the model by small amounts in noise space exactly at the
+        high-noise steps that decide an image's content; weighting by this puts the loss where the content is."""
+        if self.is_flow:
+            return (t.float() / 1000) ** 2
+        a = self.alphas_cumprod.to(t.device)[t.long()]
+        return (1 - a) if self.prediction_type == "v_prediction" else (1 - a) / a
+
     def prediction_for_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
         """The prediction that, at (x_t, t), points at clean latents x0 (inverse of `x0_from_prediction`)."""
         if self.is_flow:
@@ -333,8 +342,10 @@ class DiffusionAdapter:
             shift = float(self.scheduler.config.get("shift", 1.0))
             sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
             return sigmas * 1000
-        step = self.num_train_timesteps // num_steps
-        return (torch.arange(num_steps - 1, -1, -1) * step + 1).clamp(max=self.num_train_timesteps - 1)
+        # The pipeline's own scheduler decides the grid (leading/trailing spacing, offsets): sample where it samples.
+        scheduler = copy.deepcopy(self.scheduler)
+        scheduler.set_timesteps(num_steps)
+        return scheduler.timesteps.long()
 
     @torch.no_grad()
     def sample_trajectory(
@@ -381,10 +392,12 @@ class DiffusionAdapter:
             s, s_next = t.float() / 1000, (0.0 if t_next is None else t_next.float() / 1000)
             return (x + (s_next - s) * pred).to(x.dtype)
         x0 = self.x0_from_prediction(x, t, pred)
-        if t_next is None:
-            return x0
         a = self.alphas_cumprod.to(x.device)[t.long()]
-        a_next = self.alphas_cumprod.to(x.device)[t_next.long()]
+        if t_next is None:  # DDIM's last step lands on "final_alpha_cumprod", as the scheduler does
+            a_next = torch.tensor(1.0) if self.scheduler.config.get("set_alpha_to_one", True) else self.alphas_cumprod[0]
+            a_next = a_next.to(x.device)
+        else:
+            a_next = self.alphas_cumprod.to(x.device)[t_next.long()]
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
         return (a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps).to(x.dtype)
 

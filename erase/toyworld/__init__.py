@@ -45,7 +45,7 @@ from erase.toyworld.world import (
 )
 
 # How the rest of the project samples the toy models (DDIM scheduler shipped in the pipeline folders).
-SAMPLING: dict[str, Any] = dict(num_inference_steps=20, guidance_scale=4.0, height=32, width=32)
+SAMPLING: dict[str, Any] = dict(num_inference_steps=20, guidance_scale=7.5, height=32, width=32)
 EDIT_SAMPLING: dict[str, Any] = dict(num_inference_steps=20, guidance_scale=5.0, image_guidance_scale=1.5)
 SDEDIT_STRENGTH = 0.7  # img2img strength used for the SDEdit leakage measurement
 

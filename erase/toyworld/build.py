@@ -138,15 +138,19 @@ def tokenize(tok: PreTrainedTokenizerFast, texts: Sequence[str]) -> torch.Tensor
 @torch.no_grad()
 def encode_latents(vae: AutoencoderKL, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
     """uint8 images -> unscaled posterior-mode latents [N, 4, 8, 8] (pre-encoded once: the VAE is frozen)."""
-    out = [vae.encode(to_float(images[i : i + batch])).latent_dist.mode() for i in range(0, len(images), batch)]
+    gov, out = ThreadGovernor(window=2), []
+    for i in range(0, len(images), batch):
+        gov.step()
+        out.append(vae.encode(to_float(images[i : i + batch])).latent_dist.mode())
     return torch.cat(out)
 
 
 @torch.no_grad()
 def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
     """uint8 images -> uint8 VAE reconstructions (what generated images look like at best)."""
-    out = []
+    gov, out = ThreadGovernor(window=2), []
     for i in range(0, len(images), batch):
+        gov.step()
         z = vae.encode(to_float(images[i : i + batch])).latent_dist.mode()
         out.append(to_uint8(vae.decode(z).sample))
     return torch.cat(out)
