@@ -53,17 +53,19 @@ def test_guidance_proof_targets_shift_every_branch_alike(tmp_path):
 
     m.setup(a, CONCEPT, Original(a, lora=False), seed=0)
     captured = []
-    orig_mse = torch.nn.functional.mse_loss
+    import erase.methods.edit_refusal as er
 
-    def spy(pred, target, *args, **kw):
+    real = er.prediction_loss
+
+    def spy(adapter, pred, target, t, weighting="eps"):
         captured.append(target.detach())
-        return orig_mse(pred, target, *args, **kw)
+        return real(adapter, pred, target, t, weighting)
 
-    torch.nn.functional.mse_loss = spy
+    er.prediction_loss = spy
     try:
         m.loss(a.denoiser, 0, torch.Generator().manual_seed(0))
     finally:
-        torch.nn.functional.mse_loss = orig_mse
+        er.prediction_loss = real
     cond_t, image_t, uncond_t = captured
     # rebuild the original branch predictions with the same draws
     g = torch.Generator().manual_seed(0)
