@@ -57,16 +57,16 @@ def edit_leakage(pipe, detector, n=12, seed=toyworld.HELDOUT_SEED_START + 5):
     return count("toy", detector.detect(images)).rate
 
 
-def test_esd_u_lowers_prompt_leakage_on_heldout_phrasings(detector, tmp_path):
+def test_esd_lowers_prompt_leakage_on_heldout_phrasings(detector, tmp_path):
     pipe = toyworld.load_t2i()
     base, base_benign = prompt_leakage(pipe, detector), benign_accuracy(pipe, detector)
     assert base >= 0.6, f"the toy model must produce the concept to test erasure (base leakage {base:.0%})"
-    method = {"name": "esd", "params": {"variant": "esd-u", "num_steps": 10, "start_guidance": 4.0, "batch_size": 4,
-                                        "trajectories": 16, "refresh_every": 20},
-              "train": {"steps": 60, "lr": 2e-4, "cpu": True}}
+    method = {"name": "esd", "params": {"variant": "esd-x", "eta": 3.0, "loss_weighting": "x0", "num_steps": 10,
+                                        "start_guidance": 4.0, "batch_size": 8, "trajectories": 64, "refresh_every": 10},
+              "train": {"steps": 200, "lr": 1e-4, "cpu": True}}
     erase(DiffusionAdapter(pipe), method, CONCEPT, tmp_path, do_export=False)
     after, after_benign = prompt_leakage(pipe, detector), benign_accuracy(pipe, detector)
-    assert after <= base - 0.4, f"ESD-u: leakage {base:.0%} -> {after:.0%}"
+    assert after <= base - 0.4, f"ESD-x: leakage {base:.0%} -> {after:.0%}"
     assert after_benign >= base_benign - 0.15, f"benign attributes {base_benign:.0%} -> {after_benign:.0%}"
 
 
@@ -74,8 +74,9 @@ def test_edit_refusal_lowers_forbidden_edit_leakage(detector, tmp_path):
     pipe = toyworld.load_editor()
     base = edit_leakage(pipe, detector)
     assert base >= 0.6, f"the toy editor must perform the forbidden edit (base leakage {base:.0%})"
-    method = {"name": "edit_refusal", "params": {"batch_size": 8, "photos": {"source": "toy", "n": 64}},
-              "train": {"steps": 60, "lr": 1e-4, "cpu": True}}
+    method = {"name": "edit_refusal", "params": {"batch_size": 8, "eta": 3.0, "loss_weighting": "x0",
+                                                 "text_agnostic_weight": 0.0, "photos": {"source": "toy", "n": 128}},
+              "train": {"steps": 150, "lr": 1e-4, "cpu": True}}
     erase(DiffusionAdapter(pipe), method, CONCEPT, tmp_path, do_export=False)
     after = edit_leakage(pipe, detector)
     assert after <= base - 0.4, f"edit refusal: forbidden-edit leakage {base:.0%} -> {after:.0%}"
