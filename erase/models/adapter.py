@@ -386,6 +386,10 @@ class DiffusionAdapter:
             pass
         return x
 
+    def final_alpha_cumprod(self) -> Tensor:
+        """Where DDIM's last step lands: 1 (clean) with set_alpha_to_one, else alpha-bar at t = 0."""
+        return torch.tensor(1.0) if self.scheduler.config.get("set_alpha_to_one", True) else self.alphas_cumprod[0]
+
     def step(self, x: Tensor, t: Tensor, t_next: Tensor | None, pred: Tensor) -> Tensor:
         """One deterministic sampler step from t to t_next (None = to the clean image)."""
         if self.is_flow:
@@ -394,8 +398,7 @@ class DiffusionAdapter:
         x0 = self.x0_from_prediction(x, t, pred)
         a = self.alphas_cumprod.to(x.device)[t.long()]
         if t_next is None:  # DDIM's last step lands on "final_alpha_cumprod", as the scheduler does
-            a_next = torch.tensor(1.0) if self.scheduler.config.get("set_alpha_to_one", True) else self.alphas_cumprod[0]
-            a_next = a_next.to(x.device)
+            a_next = self.final_alpha_cumprod().to(x.device)
         else:
             a_next = self.alphas_cumprod.to(x.device)[t_next.long()]
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()

@@ -43,15 +43,15 @@ def ddim_invert(adapter: DiffusionAdapter, x0: Tensor, cond: Conditioning, num_s
 def invert_step(adapter: DiffusionAdapter, x: Tensor, t: Tensor | None, t_next: Tensor, pred: Tensor) -> Tensor:
     """The exact inverse of `adapter.step(x_next, t_next, t, pred)` (t None = the clean end), solved for x_next.
 
-    A DDIM step is linear in its input, x_t = A x_{t_next} + B pred, with (a = alpha-bar, s = sqrt(1 - a), clean:
-    a = 1, s = 0) A = sqrt(a_t / a_n), B = s_t - sqrt(a_t) s_n / sqrt(a_n) for epsilon prediction and
+    A DDIM step is linear in its input, x_t = A x_{t_next} + B pred, with (a = alpha-bar, s = sqrt(1 - a); the
+    clean end is the scheduler's final alpha-bar) A = sqrt(a_t / a_n), B = s_t - sqrt(a_t) s_n / sqrt(a_n) for epsilon prediction and
     A = sqrt(a_t a_n) + s_t s_n, B = s_t sqrt(a_n) - sqrt(a_t) s_n for v prediction; flow: x_t = x_n + (s_t - s_n) v.
     Inversion evaluates pred on x_t instead of x_{t_next}: the only approximation."""
     if adapter.is_flow:
         s, s_next = (0.0 if t is None else t.float() / 1000), t_next.float() / 1000
         return (x + (s_next - s) * pred).to(x.dtype)
     ac = adapter.alphas_cumprod.to(x.device).double()
-    a_t = torch.ones((), dtype=torch.float64, device=x.device) if t is None else ac[t.long()]
+    a_t = adapter.final_alpha_cumprod().to(x.device).double() if t is None else ac[t.long()]
     a_n = ac[t_next.long()]
     s_t, s_n = (1 - a_t).sqrt(), (1 - a_n).sqrt()
     if adapter.prediction_type == "v_prediction":
