@@ -66,6 +66,33 @@ def test_uce_maps_concept_to_guide():
         assert not torch.equal(module.weight, before[name])
 
 
+def test_esd_regularisers_regress_onto_the_frozen_model():
+    """preserve/uncond terms are zero while the model equals the original, positive once it moves, and the
+    unconditional term is exactly the x0-weighted MSE to the frozen empty-prompt prediction."""
+    from erase.methods.base import Original
+
+    a = tiny_adapter("sd1")
+    esd = ESD(variant="esd-all", preserve_weight=2.0, uncond_weight=0.5, loss_weighting="x0", **FAST_ESD)
+    original = Original(a, lora=False)
+    esd.setup(a, CONCEPT, original, seed=0)
+    g = torch.Generator().manual_seed(0)
+    x_t, t, _ = esd._draw(0, g)
+    reg, logs = esd.regularisers(a.denoiser, x_t, t, None, torch.Generator().manual_seed(1))
+    assert set(logs) == {"preserve_loss", "uncond_loss"} and reg.item() == 0.0
+    with torch.no_grad():
+        for p in a.denoiser.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    reg, logs = esd.regularisers(a.denoiser, x_t, t, None, torch.Generator().manual_seed(1))
+    uncond = esd.uncond.repeat(x_t.shape[0])
+    with torch.no_grad():
+        err = (a.predict(x_t, t, uncond) - original.predict(x_t, t, uncond)).pow(2).flatten(1).mean(1)
+        expected = (a.x0_weight(t) * err).mean()
+    assert logs["uncond_loss"] == pytest.approx(float(expected), rel=1e-4) and logs["preserve_loss"] > 0
+    assert reg.item() == pytest.approx(2.0 * logs["preserve_loss"] + 0.5 * logs["uncond_loss"], rel=1e-4)
+    with pytest.raises(MethodError, match="preserve"):
+        ESD(preserve_weight=1.0, **FAST_ESD).setup(a, Concept(id="cat", prompts=["a cat"]), original, seed=0)
+
+
 # ---------------------------------------------------------------- every method on every family
 def _methods_for(family: str):
     spec = get_family(family)

@@ -1,10 +1,10 @@
 """Adversarial erasure (AdvUnlearn, Zhang et al. 2024; Receler, Huang et al. 2024): erase against the attack.
 
 Each step first runs an inner attack that looks for a prompt bringing the concept back, then trains the ESD
-objective under that prompt, plus a retain loss on benign prompts:
+objective under that prompt, plus a retain loss on benign prompts (ESD's preserve term, on by default here):
 
     inner:  c_adv = argmin_c || model(x_t, t, c) - original(x_t, t, c_p) ||^2        (attack_steps of Adam)
-    outer:  || model(x_t, t, c_adv) - [e_0 - eta (e_p - e_0)] ||^2 + w_retain || model(x_r, t, c_r) - original(x_r, t, c_r) ||^2
+    outer:  || model(x_t, t, c_adv) - [e_0 - eta (e_p - e_0)] ||^2 + w_preserve || model(x_t, t, c_r) - original(x_t, t, c_r) ||^2
 
 The attack edits `prefix` token embeddings placed before the concept prompt (AdvUnlearn's prefix attack;
 families with one CLIP text encoder) or, for every family, the prompt `embedding` itself.
@@ -33,16 +33,14 @@ class AdversarialErasure(ESD):
         prefix_tokens: int = 1,
         attack_steps: int = 10,
         attack_lr: float = 1e-3,
-        retain_weight: float = 0.3,
-        retain_prompts: list[str] | None = None,
+        preserve_weight: float = 0.3,
         **esd_kwargs,
     ):
-        super().__init__(**esd_kwargs)
+        super().__init__(preserve_weight=preserve_weight, **esd_kwargs)
         if attack not in ATTACK_MODES:
             raise MethodError(f"attack must be one of {ATTACK_MODES}, got {attack!r}")
         self.attack, self.prefix_tokens = attack, prefix_tokens
         self.attack_steps, self.attack_lr = attack_steps, attack_lr
-        self.retain_weight, self.retain_prompts = retain_weight, retain_prompts
 
     def unsupported_reason(self, spec):
         if reason := super().unsupported_reason(spec):
@@ -56,11 +54,7 @@ class AdversarialErasure(ESD):
 
     def setup(self, adapter: DiffusionAdapter, concept: Concept, original: Original, seed: int) -> None:
         super().setup(adapter, concept, original, seed)
-        retain = self.retain_prompts or concept.preserve
-        if self.retain_weight > 0 and not retain:
-            raise MethodError("adversarial erasure needs retain prompts: set concept.preserve or method.retain_prompts")
         with torch.no_grad():
-            self.retain = adapter.encode_prompts(retain).detach() if retain else None
             if self.attack == "prefix":
                 self.ids = adapter.tokenize(concept.prompts)
                 self.token_embeds = adapter.token_embedding()(self.ids).detach()
@@ -97,16 +91,8 @@ class AdversarialErasure(ESD):
         e_p = self.original.predict(x_t, t, cond, image)
         adv = self._adversarial_condition(model, x_t, t, which, image, e_p, generator)
         erase = prediction_loss(self.adapter, self.adapter.predict(x_t, t, adv, image, denoiser=model), target, t, self.loss_weighting)
-        logs = {"erase_loss": erase.item()}
-        total = erase
-        if self.retain is not None and self.retain_weight > 0:
-            r = torch.randint(len(self.retain), (x_t.shape[0],), generator=generator)
-            rc = self.retain.select(r.to(self.retain.embeds.device))
-            keep = self.original.predict(x_t, t, rc, image)
-            retain = F.mse_loss(self.adapter.predict(x_t, t, rc, image, denoiser=model).float(), keep.float())
-            total = total + self.retain_weight * retain
-            logs["retain_loss"] = retain.item()
-        return total, logs
+        reg, logs = self.regularisers(model, x_t, t, image, generator)
+        return erase + reg, {"erase_loss": erase.item(), **logs}
 
 
 def _insert_prefix(token_embeds: Tensor, prefix: Tensor) -> Tensor:

@@ -12,6 +12,17 @@ eta - 1 (v2's eta = 2 is the paper's eta = 1), hence the two named conventions.
 Variants name the trained module group: esd-x (cross-attention), esd-x-strict (cross-attention key/value),
 esd-u (everything but cross-attention), esd-all.
 
+Two optional regularisers (off by default, as in the paper), both regressions onto the frozen model at the
+same x_t:
+
+    preserve_weight:  || model(x_t, c_b) - original(x_t, c_b) ||^2 for benign prompts c_b (concept.preserve)
+    uncond_weight:    || model(x_t, "") - original(x_t, "") ||^2
+
+The second matters for every variant that trains weights the empty prompt also passes through: sampling uses
+classifier-free guidance, e_u + g (e_c - e_u), so if training moves e_u along with e_c (ESD-u and ESD-all move
+both almost equally) the guided difference, and with it the concept, survives. Anchoring e_u makes the whole
+change to e_c count, multiplied by g (the same reasoning as ACE's guidance-aware erasure).
+
 Cost: the reference samples a fresh trajectory for every step (tens of denoiser calls to get one x_t).
 Because the trajectories come from the frozen model they never go stale, so here a batch of them is sampled
 at once and reused for `refresh_every` steps; `trajectory_mode="naive"` reproduces the reference cost.
@@ -63,6 +74,9 @@ class ESD(FineTuneMethod):
         trajectories: int = 16,
         refresh_every: int = 16,
         loss_weighting: str = "eps",
+        preserve_weight: float = 0.0,
+        uncond_weight: float = 0.0,
+        preserve_prompts: list[str] | None = None,
     ):
         if variant not in VARIANT_GROUPS:
             raise MethodError(f"unknown ESD variant {variant!r}; choose one of {sorted(VARIANT_GROUPS)}")
@@ -76,6 +90,8 @@ class ESD(FineTuneMethod):
         self.batch_size, self.trajectory_mode = batch_size, trajectory_mode
         self.trajectories, self.refresh_every = trajectories, refresh_every
         self.loss_weighting = loss_weighting
+        self.preserve_weight, self.uncond_weight = preserve_weight, uncond_weight
+        self.preserve_prompts = preserve_prompts
         self._cache: TrajectoryCache | None = None
         self._cache_id = -1
 
@@ -85,6 +101,11 @@ class ESD(FineTuneMethod):
             self.cond = adapter.encode_prompts(concept.prompts).detach()
             self.uncond = adapter.encode_prompts([""]).detach()
             self.erase_from = adapter.encode_prompts([concept.erase_from]).detach() if concept.erase_from else None
+        preserve = self.preserve_prompts or concept.preserve
+        if self.preserve_weight > 0 and not preserve:
+            raise MethodError(f"{self.name}: preserve_weight > 0 needs benign prompts: set concept.preserve or method preserve_prompts")
+        with torch.no_grad():
+            self.preserve = adapter.encode_prompts(preserve).detach() if self.preserve_weight > 0 else None
         self._cache, self._cache_id = None, -1
 
     # -- x_t from the frozen model ---------------------------------------------------------------
@@ -139,7 +160,25 @@ class ESD(FineTuneMethod):
         image = text_only_image_condition(self.adapter, x_t.shape[0])
         target = self.targets(x_t, t, cond, image)
         pred = self.adapter.predict(x_t, t, cond, image, denoiser=model)
-        return prediction_loss(self.adapter, pred, target, t, self.loss_weighting), {}
+        erase = prediction_loss(self.adapter, pred, target, t, self.loss_weighting)
+        reg, logs = self.regularisers(model, x_t, t, image, generator)
+        return erase + reg, {"erase_loss": erase.item(), **logs}
+
+    def regularisers(self, model: nn.Module, x_t: Tensor, t: Tensor, image, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        """The preserve and unconditional-anchor terms (module docstring); zero when both weights are 0."""
+        n, total, logs = x_t.shape[0], x_t.new_zeros(()).float(), {}
+        terms = []
+        if self.preserve is not None:
+            which = torch.randint(len(self.preserve), (n,), generator=g)
+            terms.append(("preserve", self.preserve_weight, self.preserve.select(which.to(self.preserve.embeds.device))))
+        if self.uncond_weight > 0:
+            terms.append(("uncond", self.uncond_weight, self.uncond.repeat(n)))
+        for name, weight, cond in terms:
+            keep = self.original.predict(x_t, t, cond, image)
+            term = prediction_loss(self.adapter, self.adapter.predict(x_t, t, cond, image, denoiser=model), keep, t, self.loss_weighting)
+            total = total + weight * term
+            logs[f"{name}_loss"] = term.item()
+        return total, logs
 
 
 def esd_target(e_0: Tensor, e_p: Tensor, eta: float, convention: str = "original", e_from: Tensor | None = None) -> Tensor:
