@@ -44,11 +44,14 @@ def test_each_editing_path_trains(family, path, lora, tmp_path):
         assert any(not torch.equal(p, before[n]) for n, p in a.denoiser.named_parameters())
 
 
-def test_guidance_proof_targets_shift_every_branch_alike(tmp_path):
-    """The targets of all branches differ from the original predictions by the same -eta*d, so any guidance
-    combination (weights summing to one) of the targets is the original combination moved by -eta*d."""
+@pytest.mark.parametrize("eta_null", [0.0, 1.0])
+def test_guidance_proof_targets(eta_null, tmp_path):
+    """Shifted (eta_null = eta): every branch's target differs from the original by the same -eta*d, so any guidance
+    combination is the safe edit's moved by -eta*d. Anchored (eta_null = 0): the null branches keep the original
+    and the guided target is the safe edit's moved by -s_T*eta*d, more refusal with more text guidance."""
     a = _adapter("ip2p")
-    m = EditRefusal(photos={"source": "toy", "n": 2}, batch_size=2, eta=1.0, preserve_weight=0, text_agnostic_weight=0)
+    m = EditRefusal(photos={"source": "toy", "n": 2}, batch_size=2, eta=1.0, eta_null=eta_null, preserve_weight=0,
+                    text_agnostic_weight=0)
     from erase.methods.base import Original
 
     m.setup(a, CONCEPT, Original(a, lora=False), seed=0)
@@ -87,7 +90,10 @@ def test_guidance_proof_targets_shift_every_branch_alike(tmp_path):
     for s_i, s_t in [(1.5, 7.5), (1.0, 1.0), (3.0, 0.5)]:
         guided_target = uncond_t + s_i * (image_t - uncond_t) + s_t * (cond_t - image_t)
         guided_safe = e_u + s_i * (e_i - e_u) + s_t * (e_s - e_i)
-        assert torch.allclose(guided_target, guided_safe - d, atol=1e-5)
+        moved = d if eta_null else s_t * d
+        assert torch.allclose(guided_target, guided_safe - moved, atol=1e-5)
+    if not eta_null:
+        assert torch.allclose(image_t, e_i, atol=1e-6) and torch.allclose(uncond_t, e_u, atol=1e-6)
 
 
 def test_path_mismatch_and_missing_instructions():

@@ -11,20 +11,27 @@ sampled once from the original model with the anchor prompt (the reference gener
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from erase.concept import Concept
-from erase.methods.base import FineTuneMethod, MethodError, Original, derived_generator, text_only_image_condition
+from erase.methods.base import FineTuneMethod, MethodError, Original, derived_generator, prediction_loss, text_only_image_condition
 from erase.models.adapter import DiffusionAdapter
 
 
 class ConceptAblation(FineTuneMethod):
     name = "ablation"
 
-    def __init__(self, group: str = "xattn-kv", anchor_images: int = 32, num_steps: int = 25, guidance: float = 3.0, batch_size: int = 4):
+    def __init__(
+        self,
+        group: str = "xattn-kv",
+        anchor_images: int = 32,
+        num_steps: int = 25,
+        guidance: float = 3.0,
+        batch_size: int = 4,
+        loss_weighting: str = "eps",  # "x0": see methods.base.prediction_loss
+    ):
         self.group, self.anchor_images, self.num_steps = group, anchor_images, num_steps
-        self.guidance, self.batch_size = guidance, batch_size
+        self.guidance, self.batch_size, self.loss_weighting = guidance, batch_size, loss_weighting
 
     def setup(self, adapter: DiffusionAdapter, concept: Concept, original: Original, seed: int) -> None:
         if not concept.anchor:
@@ -56,4 +63,4 @@ class ConceptAblation(FineTuneMethod):
         with torch.no_grad():
             target = a.predict(x_t, t, self.anchor.repeat(b), image, denoiser=model)
         pred = a.predict(x_t, t, self.cond.select(which.to(self.cond.embeds.device)), image, denoiser=model)
-        return F.mse_loss(pred.float(), target.float()), {}
+        return prediction_loss(a, pred, target, t, self.loss_weighting), {}

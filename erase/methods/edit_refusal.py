@@ -15,9 +15,15 @@ Objective, with d = orig(x_t, c_forbidden, I) - orig(x_t, c_safe, I) the concept
     conditional branch:  model(x_t, c_forbidden, I)  ->  orig(x_t, c_safe, I) - eta d
     guidance branches:   model(x_t, "", I), model(x_t, "", 0)  ->  orig(same) - eta_null d
 
-Guidance-proof: classifier-free guidance is an affine combination of these branches with weights summing to
-one, so when every branch moves by the same -eta d, any guidance scale moves the result by -eta d: guidance
-cannot push back toward the concept (ACE, 2025, trains the unconditional branch for the same reason).
+Guidance-proof: classifier-free guidance combines these branches, e.g. for InstructPix2Pix
+e(0,0) + s_I (e(0,I) - e(0,0)) + s_T (e(T,I) - e(0,I)). Two choices make it unable to push back toward the concept:
+
+    eta_null = 0 (default, "anchored"): the branches without the instruction keep the original prediction, so a
+        forbidden edit gives the safe edit - s_T eta d: refusal grows with the guidance scale. Benign edits share
+        those branches and are untouched.
+    eta_null = eta ("shifted", as ACE (2025) trains the unconditional branch): every branch moves by -eta d, so any
+        guidance scale, even 0, moves the result by -eta d. But every benign edit then sees its null branches moved
+        and is guided by +s_T eta d toward the concept (toy editor: untouched attributes kept fell from 92% to 77%).
 
     preservation:   model(x_t, c_benign, I) -> orig(x_t, c_benign, I)          (benign edits of the same photos)
     text-agnostic:  model(x_t^forbidden, "", I) -> a prediction toward the safe photo (`safegen_target`; SafeGen, 2024:
@@ -47,7 +53,7 @@ class EditRefusal(FineTuneMethod):
         path: str = "auto",
         group: str = "all",
         eta: float = 1.0,
-        eta_null: float | None = None,  # default: eta (the guidance-proof choice)
+        eta_null: float = 0.0,  # 0: anchored null branches; eta: shifted (module docstring)
         branches: list[str] | None = None,
         strength: tuple[float, float] = (0.3, 1.0),  # sdedit: the editing strengths trained on
         preserve_weight: float = 1.0,
@@ -61,7 +67,7 @@ class EditRefusal(FineTuneMethod):
         if branches is not None and not set(branches) <= set(BRANCHES):
             raise MethodError(f"branches must be among {BRANCHES}, got {branches}")
         self.path, self.group, self.eta = path, group, eta
-        self.eta_null = eta if eta_null is None else eta_null
+        self.eta_null = eta_null
         self.branches, self.strength = branches, tuple(strength)
         self.preserve_weight, self.text_agnostic_weight = preserve_weight, text_agnostic_weight
         self.batch_size, self.photo_cfg = batch_size, dict(photos or {"source": "toy", "n": 64})
