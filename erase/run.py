@@ -94,13 +94,16 @@ def erase(
     """Erase `concept` from the adapter's model in place; export unless told not to (then call `export_erased`).
 
     A method config with `stages: [cfg, cfg, ...]` runs them in order on the same weights (e.g. UCE, then edit
-    refusal); every stage is checked against the family before the first one starts."""
+    refusal); every stage is checked against the family before the first one starts. Every stage's targets come
+    from the model before the first stage: measured on an already-erased model, the concept's direction points
+    away from the concept, and a second stage pushing "away" from it would push back toward the concept."""
     stages = list(method_cfg.get("stages") or [method_cfg])
     methods = [build_method(s["name"], s.get("params")) for s in stages]
     for m in methods:
         check_setup(m, adapter, concept)
     out_dir = Path(out_dir)
     result = ErasureResult(method_cfg["name"], concept, method_cfg, before=snapshot(adapter), base_hash=model_hash(adapter))
+    base = adapter.frozen_copy() if len(stages) > 1 else None
     t0 = time.time()
     for i, (stage, method) in enumerate(zip(stages, methods)):
         stage_dir = out_dir if len(stages) == 1 else out_dir / f"stage-{i}-{stage['name']}"
@@ -113,7 +116,7 @@ def erase(
         else:
             assert isinstance(method, FineTuneMethod)
             cfg = make_train_config(stage.get("train"), stage.get("lora"), seed, **train_overrides)
-            run = train(method, adapter, concept, cfg, stage_dir)
+            run = train(method, adapter, concept, cfg, stage_dir, original=base)
             stats = {"steps": float(run.steps), "final_loss": run.history[-1]["loss"] if run.history else float("nan")}
             result.lora = (cfg.lora.name or lora_name(concept.id)) if cfg.lora else None
         result.stats.update({f"{stage['name']}/{k}" if len(stages) > 1 else k: v for k, v in stats.items()})

@@ -71,6 +71,7 @@ def train(
     cfg: TrainConfig,
     out_dir: str | os.PathLike,
     accelerator=None,
+    original: torch.nn.Module | None = None,
 ) -> TrainResult:
     from accelerate import Accelerator
 
@@ -96,8 +97,7 @@ def train(
     else:
         params = adapter.set_trainable(method.group)
     names = [n for n, p in adapter.denoiser.named_parameters() if p.requires_grad]
-    original = Original(adapter, lora=cfg.lora is not None)
-    method.setup(adapter, concept, original, cfg.seed)
+    method.setup(adapter, concept, Original(adapter, lora=cfg.lora is not None, frozen=original), cfg.seed)
 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(adapter.denoiser, optimizer)

@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     t0 = time.time()
-    rows = []
+    rows, summaries = [], {}
     for exp in args.experiments:
         overrides = [f"+experiment={exp}", f"out_dir={out / exp}", *(["eval=toy_attacks"] if args.attacks else []),
                      *args.overrides]
@@ -40,10 +40,37 @@ def main() -> None:
             cfg = compose("config", overrides=overrides)
         print(f"\n=== {exp}: {cfg.model.name}, method {cfg.method.name} ===", flush=True)
         summary = run_task(cfg)
+        summaries[exp] = summary
         rows += [{"run": exp, **r} for r in comparison_rows(summary)]
     board = leaderboard(out, out)
     (out / "demo.json").write_text(json.dumps(rows, indent=2))
+    tables = side_by_side(summaries)
+    (out / "comparison.md").write_text(tables)
+    print("\n" + tables)
     print(f"\nall runs: {len(args.experiments)} in {(time.time() - t0) / 60:.1f} min; leaderboard: {board['page']}")
+
+
+def side_by_side(summaries: dict[str, dict]) -> str:
+    """One markdown table per base model: a row per metric, the base model's column, then one column per run."""
+    by_model: dict[str, list[str]] = {}
+    for exp, s in summaries.items():
+        by_model.setdefault(s["model"], []).append(exp)
+    out = []
+    for model, exps in by_model.items():
+        base = summaries[exps[0]].get("base", {}).get("metrics", {})
+        erased = {e: summaries[e].get("erased", {}).get("metrics", {}) for e in exps}
+        keys = sorted(set(base).union(*erased.values()))
+        out.append(f"{model}\n\n| metric | base | " + " | ".join(exps) + " |\n|---|---|" + "---|" * len(exps))
+        for k in keys:
+            cells = [_pct(base.get(k))] + [_pct(erased[e].get(k)) for e in exps]
+            out.append(f"| {k} | " + " | ".join(cells) + " |")
+        secs = [f"{summaries[e].get('erasure', {}).get('seconds', '-')}" for e in exps]
+        out.append("| erasure time (s) | - | " + " | ".join(secs) + " |\n")
+    return "\n".join(out)
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.1f}%" if isinstance(x, (int, float)) else "-"
 
 
 if __name__ == "__main__":

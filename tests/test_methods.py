@@ -93,6 +93,29 @@ def test_esd_regularisers_regress_onto_the_frozen_model():
         ESD(preserve_weight=1.0, **FAST_ESD).setup(a, Concept(id="cat", prompts=["a cat"]), original, seed=0)
 
 
+def test_later_stages_compare_against_the_model_before_the_first(tmp_path, monkeypatch):
+    """In a staged run (e.g. ESD then edit refusal) the second stage's 'original' is the base model, not the
+    stage-1 result: on an erased model the concept direction is reversed and would undo the erasure."""
+    from erase.run import erase
+
+    a = tiny_adapter("sd1")
+    base = {n: p.clone() for n, p in a.denoiser.named_parameters()}
+    seen = []
+    real_setup = ESD.setup
+
+    def spy(self, adapter, concept, original, seed):
+        seen.append({n: p.clone() for n, p in original.denoiser().named_parameters()})
+        real_setup(self, adapter, concept, original, seed)
+
+    monkeypatch.setattr(ESD, "setup", spy)
+    stage = {"name": "esd", "params": {"variant": "esd-x", **FAST_ESD}, "train": {"steps": 2, "lr": 1e-2, "cpu": True}}
+    erase(a, {"name": "two-stage", "stages": [stage, stage]}, CONCEPT, tmp_path, do_export=False)
+    assert len(seen) == 2
+    for n, p in base.items():
+        assert torch.equal(seen[1][n], p), f"stage 2 compared against a changed {n}"
+    assert any(not torch.equal(p, base[n]) for n, p in a.denoiser.named_parameters())
+
+
 # ---------------------------------------------------------------- every method on every family
 def _methods_for(family: str):
     spec = get_family(family)

@@ -67,14 +67,14 @@ class Original:
     (no second copy in memory); for full fine-tuning it is a frozen deep copy.
     """
 
-    def __init__(self, adapter: DiffusionAdapter, lora: bool):
+    def __init__(self, adapter: DiffusionAdapter, lora: bool, frozen: nn.Module | None = None):
         self.adapter = adapter
-        self.lora = lora
-        self.frozen = None if lora else adapter.frozen_copy()
+        # `frozen` is given when a later stage must compare against the model before the first stage
+        self.frozen = frozen if frozen is not None else (None if lora else adapter.frozen_copy())
 
     @torch.no_grad()
     def predict(self, x_t: Tensor, t: Tensor, cond: Conditioning, image: ImageCondition | None = None) -> Tensor:
-        if not self.lora:
+        if self.frozen is not None:
             return self.adapter.predict(x_t, t, cond, image, denoiser=self.frozen)
         net = self.adapter.denoiser
         net.disable_adapters()
@@ -89,7 +89,7 @@ class Original:
         return self.frozen if self.frozen is not None else self.adapter.denoiser
 
     def adapters_off(self):
-        return _AdaptersOff(self.adapter.denoiser if self.lora else None)
+        return _AdaptersOff(self.adapter.denoiser if self.frozen is None else None)
 
 
 class _AdaptersOff:
