@@ -26,7 +26,8 @@ e(0,0) + s_I (e(0,I) - e(0,0)) + s_T (e(T,I) - e(0,I)). Two choices make it unab
         and is guided by +s_T eta d toward the concept (toy editor: untouched attributes kept fell from 92% to 77%).
 
     preservation:   model(x_t, c_benign, I) -> orig(x_t, c_benign, I)          (benign edits of the same photos)
-    text-agnostic:  model(x_t^forbidden, "", I) -> a prediction toward the safe photo (`safegen_target`; SafeGen, 2024:
+    text-agnostic:  model(x_t^forbidden, c, I) -> a prediction toward the safe photo for c in {"", forbidden, benign}
+                    (`safegen_target`; SafeGen, 2024:
                     self-attention trained on images alone, so a wording that avoids the concept is refused too)
 """
 
@@ -175,10 +176,17 @@ class EditRefusal(FineTuneMethod):
             logs["preserve"] = preserve.item()
 
         if self.x0_counter is not None and self.text_agnostic_weight > 0:
-            # SafeGen-style: states of the forbidden result, with no text at all, denoise toward the safe photo.
+            # SafeGen-style: states of the forbidden result denoise toward the safe photo whatever the text says.
+            # Trained with no text, with the forbidden text and with a benign one alike: moved on the empty prompt
+            # alone, guidance (e_c - e_u) would point from the safe photo back toward the concept.
             x_f = a.add_noise(self.x0_counter[idx], noise, t)
             target = safegen_target(a, noise, t, self.x0_counter[idx], self.x0_photo[idx])
-            agnostic = F.mse_loss(a.predict(x_f, t, self.empty.repeat(b), image, denoiser=model).float(), target.float())
+            texts = [self.empty.repeat(b), text]
+            if self.benign is not None:
+                texts.append(self.benign.select(torch.randint(len(self.benign), (b,), generator=g).to(a.device)))
+            agnostic = torch.stack([
+                F.mse_loss(a.predict(x_f, t, c, image, denoiser=model).float(), target.float()) for c in texts
+            ]).mean()
             total = total + self.text_agnostic_weight * agnostic
             logs["text_agnostic"] = agnostic.item()
         return total, logs
