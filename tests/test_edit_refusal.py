@@ -128,3 +128,28 @@ def test_folder_photos_skip_bad_files_with_a_count(tmp_path):
     assert ps.skipped == {"unreadable": 1, "smaller than 16px": 1, "non-RGB (L)": 1, "not for forbidden edits": 1}
     with pytest.raises(ValueError, match="no usable photos"):
         folder_photos(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else tmp_path, size=4096)
+
+
+def test_text_agnostic_term_trains_every_text_alike():
+    """The SafeGen term pulls the exposed result's states toward the safe photo under no text, the forbidden text
+    and a benign text: trained on the empty prompt alone, guidance would point back toward the concept."""
+    from erase.methods.base import Original
+
+    a = _adapter("sd1")
+    m = EditRefusal(photos={"source": "toy", "n": 2}, batch_size=2, branches=["cond"], preserve_weight=0,
+                    text_agnostic_weight=1.0)
+    m.setup(a, CONCEPT, Original(a, lora=False), seed=0)
+    texts = []
+    real = a.predict
+
+    def spy(x_t, t, cond, image=None, denoiser=None):
+        if denoiser is a.denoiser:  # the trained model's calls (the original is a frozen copy)
+            texts.append(cond.embeds[0].clone())
+        return real(x_t, t, cond, image, denoiser=denoiser)
+
+    a.predict = spy
+    m.loss(a.denoiser, 0, torch.Generator().manual_seed(0))
+    refuse, *agnostic = texts
+    assert len(agnostic) == 3
+    assert torch.equal(agnostic[0], m.empty.embeds[0]) and torch.equal(agnostic[2], m.benign.embeds[0])
+    assert torch.equal(agnostic[1], refuse)
