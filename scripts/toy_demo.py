@@ -1,19 +1,28 @@
 """The README's main job: erase the exposed concept from both toy models, evaluate before and after, compare.
 
-    python scripts/toy_demo.py                  # text-to-image model and editing model, ~10 minutes on 2 CPU cores
+    python scripts/toy_demo.py                  # text-to-image model and editing model, ~12 minutes on 2 CPU cores
     python scripts/toy_demo.py --quick          # smaller evaluation, for a first look
     python scripts/toy_demo.py --attacks        # plus every attack against base and erased models
 
 Runs the `experiment/toy_t2i` and `experiment/toy_editor` configs through the same entry point as `erase`,
 then prints one table and writes a leaderboard page. Everything lands in outputs/toy-demo/.
+
+With several experiments and cores, the experiments after the first run at the same time in child processes, one
+thread each, their logs in OUT/<experiment>.log: the toy models' small batches gain only ~1.3x from a second thread,
+so two one-thread runs side by side finish sooner than two two-thread runs in turn.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import torch
 
 from hydra import compose, initialize_config_dir
 
@@ -26,28 +35,59 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer evaluation items")
     ap.add_argument("--experiments", nargs="+", default=["toy_t2i", "toy_editor"])
     ap.add_argument("--attacks", action="store_true", help="also run every attack (eval=toy_attacks)")
+    ap.add_argument("--jobs", type=int, default=min(2, len(os.sched_getaffinity(0))),
+                    help="experiments run at once (one thread each when more than one)")
+    ap.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)  # child processes of --jobs
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args()
     out = Path(args.out)
     t0 = time.time()
     rows, summaries = [], {}
-    for exp in args.experiments:
-        overrides = [f"+experiment={exp}", f"out_dir={out / exp}", *(["eval=toy_attacks"] if args.attacks else []),
-                     *args.overrides]
-        if args.quick:
-            overrides += ["eval.suites.prompts.n=16", "eval.suites.edits.n_photos=6", "eval.suites.utility.n_prompts=12", "eval.suites.benign-edits.n_edits_per_kind=2"]
-        with initialize_config_dir(str(CONFIGS), version_base=None):
-            cfg = compose("config", overrides=overrides)
-        print(f"\n=== {exp}: {cfg.model.name}, method {cfg.method.name} ===", flush=True)
-        summary = run_task(cfg)
-        summaries[exp] = summary
-        rows += [{"run": exp, **r} for r in comparison_rows(summary)]
+    children = {}
+    if args.jobs > 1 and len(args.experiments) > 1:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(1)
+        for exp in args.experiments[1 : args.jobs]:
+            cmd = [sys.executable, __file__, "--out", str(out), "--experiments", exp, "--jobs", "1", "--no-report",
+                   *(["--quick"] if args.quick else []), *(["--attacks"] if args.attacks else []), *args.overrides]
+            log = open(out / f"{exp}.log", "w")
+            children[exp] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+            print(f"{exp}: running alongside in process {children[exp].pid}, log {out / f'{exp}.log'}", flush=True)
+    try:
+        for exp in [e for e in args.experiments if e not in children]:
+            summaries[exp] = run_experiment(exp, out, args)
+    except BaseException:
+        for child in children.values():
+            child.kill()  # no orphaned runs when this one fails or is interrupted
+        raise
+    for exp, child in children.items():
+        print(f"waiting for {exp} (log {out / f'{exp}.log'})", flush=True)
+        if child.wait() != 0:
+            raise SystemExit(f"{exp} failed (exit {child.returncode}): see {out / f'{exp}.log'}")
+        summaries[exp] = json.loads((out / exp / "summary.json").read_text())
+    if args.no_report:
+        return
+    summaries = {exp: summaries[exp] for exp in args.experiments}
+    rows = [{"run": exp, **r} for exp, summary in summaries.items() for r in comparison_rows(summary)]
     board = leaderboard(out, out)
     (out / "demo.json").write_text(json.dumps(rows, indent=2))
     tables = side_by_side(summaries)
     (out / "comparison.md").write_text(tables)
     print("\n" + tables)
     print(f"\nall runs: {len(args.experiments)} in {(time.time() - t0) / 60:.1f} min; leaderboard: {board['page']}")
+
+
+def run_experiment(exp: str, out: Path, args: argparse.Namespace) -> dict:
+    overrides = [f"+experiment={exp}", f"out_dir={out / exp}", *(["eval=toy_attacks"] if args.attacks else []),
+                 *args.overrides]
+    if args.quick:
+        overrides += ["eval.suites.prompts.n=16", "eval.suites.edits.n_photos=6", "eval.suites.utility.n_prompts=12",
+                      "eval.suites.benign-edits.n_edits_per_kind=2"]
+    with initialize_config_dir(str(CONFIGS), version_base=None):
+        cfg = compose("config", overrides=overrides)
+    print(f"\n=== {exp}: {cfg.model.name}, method {cfg.method.name} ===", flush=True)
+    return run_task(cfg)
 
 
 def side_by_side(summaries: dict[str, dict]) -> str:
