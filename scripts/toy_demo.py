@@ -1,6 +1,6 @@
 """The README's main job: erase the exposed concept from both toy models, evaluate before and after, compare.
 
-    python scripts/toy_demo.py                  # text-to-image model and editing model, ~12 minutes on 2 CPU cores
+    python scripts/toy_demo.py                  # text-to-image model and editing model, ~10 minutes on 2 CPU cores
     python scripts/toy_demo.py --quick          # smaller evaluation, for a first look
     python scripts/toy_demo.py --attacks        # plus every attack against base and erased models
 
@@ -42,17 +42,17 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     t0 = time.time()
-    rows, summaries = [], {}
-    children = {}
+    summaries: dict[str, dict] = {}
+    children: dict[str, subprocess.Popen] = {}
     if args.jobs > 1 and len(args.experiments) > 1:
         out.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(1)
         for exp in args.experiments[1 : args.jobs]:
             cmd = [sys.executable, __file__, "--out", str(out), "--experiments", exp, "--jobs", "1", "--no-report",
                    *(["--quick"] if args.quick else []), *(["--attacks"] if args.attacks else []), *args.overrides]
-            log = open(out / f"{exp}.log", "w")
-            children[exp] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+            with open(out / f"{exp}.log", "w") as log:  # the child keeps its own copy of the handle
+                children[exp] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
             print(f"{exp}: running alongside in process {children[exp].pid}, log {out / f'{exp}.log'}", flush=True)
     try:
         for exp in [e for e in args.experiments if e not in children]:
