@@ -192,3 +192,31 @@ def test_build_script_end_to_end(tmp_path: Path) -> None:
     )
     assert editor.unet.config.in_channels == 8
     assert (tmp_path / "detector.safetensors").exists() and (tmp_path / "detector.json").exists()
+
+
+def test_diffusion_loss_is_min_snr_weighted() -> None:
+    """The build's loss equals mean_i min(SNR_i, gamma) / SNR_i * ||eps_i - pred_i||^2 / d."""
+    import torch
+
+    from erase.toyworld.build import MIN_SNR_GAMMA, _diffusion_loss, train_scheduler
+
+    class Constant(torch.nn.Module):  # predicts the same tensor whatever it is given
+        def __init__(self, pred: torch.Tensor) -> None:
+            super().__init__()
+            self.pred = pred
+
+        def forward(self, x, t, encoder_hidden_states):  # noqa: ANN001
+            return type("Out", (), {"sample": self.pred})()
+
+    sched, latents = train_scheduler(), torch.randn(64, 4, 8, 8)
+    pred = torch.randn(64, 4, 8, 8)
+    loss = _diffusion_loss(Constant(pred), sched, latents, torch.zeros(64, 3, 8), torch.Generator().manual_seed(0))
+    # Replay the generator: noise first, then the timesteps.
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(latents.shape, generator=gen)
+    t = torch.randint(0, 1000, (64,), generator=gen)
+    snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
+    per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+    expected = (torch.minimum(snr, torch.tensor(MIN_SNR_GAMMA)) / snr * per_sample).mean()
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    assert not torch.allclose(loss, per_sample.mean(), rtol=1e-2), "low-noise steps must be down-weighted"
