@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build the toy world's weights from scratch: VAE, detector, text-to-image pipeline, editor.
 
-    python scripts/build_toy_world.py                      # everything, into erase/toyworld/weights (~50 min, 2 cores)
+    python scripts/build_toy_world.py                      # everything, into erase/toyworld/weights (~29 min, 2 cores)
     python scripts/build_toy_world.py --only t2i editor    # some parts (the others must already be in --out)
     python scripts/build_toy_world.py --out /tmp/tw --steps-scale 0.001   # smoke build in seconds
 """
