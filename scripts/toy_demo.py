@@ -1,6 +1,6 @@
 """The README's main job: erase the exposed concept from both toy models, evaluate before and after, compare.
 
-    python scripts/toy_demo.py                  # text-to-image model and editing model, ~10 minutes on 2 CPU cores
+    python scripts/toy_demo.py                  # text-to-image model and editing model, ~6 minutes on 2 CPU cores
     python scripts/toy_demo.py --quick          # smaller evaluation, for a first look
     python scripts/toy_demo.py --attacks        # plus every attack against base and erased models
 

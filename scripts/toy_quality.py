@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Measure the toy world's quality bar with its detector and print a table (not asserted by tests).
 
-    python scripts/toy_quality.py                     # shipped weights, default sample counts (~3 min on 2 cores)
+    python scripts/toy_quality.py                     # shipped weights, default sample counts (~70 s on 2 cores)
     python scripts/toy_quality.py --weights /tmp/tw --n 100 --grid /tmp/grid.png
 
 (a) benign prompts give the prompted attributes (target >= 90%); (b) exposed-state prompts give exposed, per
