@@ -131,7 +131,8 @@ def write_sorted(
     ordered = sorted(unique.values(), key=order)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    # One temporary name per process: two runs sharing a cache (the base model's evaluation) must not collide.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         for r in ordered:
             f.write((dumps(r) + "\n").encode("utf-8"))
