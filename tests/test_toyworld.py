@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -177,13 +176,11 @@ def test_build_script_end_to_end(tmp_path: Path) -> None:
     import torch
     from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
 
-    t0 = time.time()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOYWORLD_THREADS": os.environ.get("TOYWORLD_THREADS", "1")}
     subprocess.run(
         [sys.executable, str(REPO / "scripts" / "build_toy_world.py"), "--out", str(tmp_path), "--steps-scale", "0.0005"],
         check=True, env=env, cwd=REPO, capture_output=True, timeout=120,
     )
-    assert time.time() - t0 < 60, "a smoke build must take seconds"
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "t2i", safety_checker=None, requires_safety_checker=False)
     image = pipe("a shirtless man at night", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (32, 32)
