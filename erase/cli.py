@@ -16,14 +16,16 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from erase.concept import Concept
+from erase.configs import CONFIGS, check_config  # also registers the class defaults and resolvers the YAML uses
 from erase.evaluation.config import evaluate_adapter
+from erase.methods import method_label
 from erase.run import erase, export_erased, load_model
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 log = logging.getLogger("erase")
 
 
 def run_task(cfg: DictConfig) -> dict[str, Any]:
+    check_config(cfg)  # a key nothing reads (a typo) is refused, naming the valid keys, before any file is written
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
@@ -40,7 +42,8 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
 
     state = PartialState(cpu=bool(cfg.cpu))  # one process, or this rank of `accelerate launch`
     adapter = load_model(model, cfg.precision, str(state.device))
-    summary: dict[str, Any] = {"model": model["name"], "method": method_cfg["name"], "concept": concept.id}
+    summary: dict[str, Any] = {"model": model["name"], "method": method_label(method_cfg), "method_name": method_cfg["name"],
+                               "concept": concept.id}
 
     evaluating = cfg.task in ("evaluate", "erase_and_eval") and eval_cfg.get("suites")
     if evaluating:
@@ -55,7 +58,7 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     summary["erasure"] = {"stats": result.stats, "seconds": round(result.seconds, 1)}
     card: dict[str, Any] = {"base_model": model["path"]}
     if evaluating:
-        erased = evaluate_adapter(adapter, eval_cfg, out / "eval-erased", f"{model['name']} - {method_cfg['name']}", concept,
+        erased = evaluate_adapter(adapter, eval_cfg, out / "eval-erased", f"{model['name']} - {summary['method']}", concept,
                                   wandb=cfg.wandb, original=original)
         summary["erased"] = erased
         card["evaluation_markdown"] = comparison_markdown(summary)
@@ -131,6 +134,12 @@ def leaderboard(runs_dir: Path, out: Path) -> dict[str, Any]:
 
 @hydra.main(version_base=None, config_path=str(CONFIGS), config_name="config")
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:  # every job of a sweep in its own folder, also when out_dir names the sweep's
+        cfg.out_dir = hc.runtime.output_dir
     run_task(cfg)
 
 

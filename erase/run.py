@@ -12,7 +12,7 @@ import torch
 
 from erase.concept import Concept, check_tokenizes
 from erase.export import ExportPaths, export, model_hash, snapshot
-from erase.methods import ClosedFormMethod, FineTuneMethod, Method, build_method
+from erase.methods import ClosedFormMethod, FineTuneMethod, Method, build_method, method_label, stage_list
 from erase.models.adapter import DiffusionAdapter
 from erase.models.families import get_family, load_pipeline
 from erase.training import LoraSpec, TrainConfig, lora_name, train
@@ -97,12 +97,12 @@ def erase(
     refusal); every stage is checked against the family before the first one starts. Every stage's targets come
     from the model before the first stage: measured on an already-erased model, the concept's direction points
     away from the concept, and a second stage pushing "away" from it would push back toward the concept."""
-    stages = list(method_cfg.get("stages") or [method_cfg])
+    stages = stage_list(method_cfg)
     methods = [build_method(s["name"], s.get("params")) for s in stages]
     for m in methods:
         check_setup(m, adapter, concept)
     out_dir = Path(out_dir)
-    result = ErasureResult(method_cfg["name"], concept, method_cfg, before=snapshot(adapter), base_hash=model_hash(adapter))
+    result = ErasureResult(method_label(method_cfg), concept, method_cfg, before=snapshot(adapter), base_hash=model_hash(adapter))
     base = adapter.frozen_copy() if len(stages) > 1 else None
     t0 = time.time()
     for i, (stage, method) in enumerate(zip(stages, methods)):

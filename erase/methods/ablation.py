@@ -15,16 +15,18 @@ from torch import Tensor, nn
 
 from erase.concept import Concept
 from erase.methods.base import FineTuneMethod, MethodError, Original, derived_generator, prediction_loss, text_only_image_condition
+from erase.methods.registry import register
 from erase.models.adapter import DiffusionAdapter
 
 
+@register("ablation")
 class ConceptAblation(FineTuneMethod):
     name = "ablation"
 
     def __init__(
         self,
         group: str = "xattn-kv",
-        anchor_images: int = 32,
+        anchor_images: int = 64,
         num_steps: int = 25,
         guidance: float = 3.0,
         batch_size: int = 4,

@@ -19,17 +19,19 @@ from torch import Tensor, nn
 from erase.concept import Concept
 from erase.methods.base import MethodError, Original, prediction_loss, text_only_image_condition
 from erase.methods.esd import ESD
+from erase.methods.registry import register
 from erase.models.adapter import Conditioning, DiffusionAdapter
 
 ATTACK_MODES = ("prefix", "embedding")
 
 
+@register("adversarial")
 class AdversarialErasure(ESD):
     name = "adversarial"
 
     def __init__(
         self,
-        attack: str = "prefix",
+        attack: str = "auto",  # auto: prefix where the family has one CLIP text encoder, else embedding
         prefix_tokens: int = 1,
         attack_steps: int = 10,
         attack_lr: float = 1e-3,
@@ -37,22 +39,29 @@ class AdversarialErasure(ESD):
         **esd_kwargs,
     ):
         super().__init__(preserve_weight=preserve_weight, **esd_kwargs)
-        if attack not in ATTACK_MODES:
-            raise MethodError(f"attack must be one of {ATTACK_MODES}, got {attack!r}")
+        if attack != "auto" and attack not in ATTACK_MODES:
+            raise MethodError(f"attack must be auto or one of {ATTACK_MODES}, got {attack!r}")
         self.attack, self.prefix_tokens = attack, prefix_tokens
         self.attack_steps, self.attack_lr = attack_steps, attack_lr
 
     def unsupported_reason(self, spec):
         if reason := super().unsupported_reason(spec):
             return reason
-        if self.attack == "prefix" and (spec.architecture != "unet" or len(spec.text_encoders) != 1):
+        if self.attack == "prefix" and not _single_clip(spec):
             return (
                 f"the prefix-token attack needs a single CLIP text encoder; {spec.name} has {spec.text_encoders}: "
-                "use method.attack=embedding"
+                "use method.params.attack=embedding (or auto, which picks it for this family)"
             )
         return None
 
+    def attack_for(self, spec) -> str:
+        """The inner attack run on this family: `auto` picks AdvUnlearn's prefix attack where it applies."""
+        if self.attack != "auto":
+            return self.attack
+        return "prefix" if _single_clip(spec) else "embedding"
+
     def setup(self, adapter: DiffusionAdapter, concept: Concept, original: Original, seed: int) -> None:
+        self.attack = self.attack_for(adapter.spec)
         super().setup(adapter, concept, original, seed)
         with torch.no_grad():
             if self.attack == "prefix":
@@ -93,6 +102,10 @@ class AdversarialErasure(ESD):
         erase = prediction_loss(self.adapter, self.adapter.predict(x_t, t, adv, image, denoiser=model), target, t, self.loss_weighting)
         reg, logs = self.regularisers(model, x_t, t, image, generator)
         return erase + reg, {"erase_loss": erase.item(), **logs}
+
+
+def _single_clip(spec) -> bool:
+    return spec.architecture == "unet" and len(spec.text_encoders) == 1
 
 
 def _insert_prefix(token_embeds: Tensor, prefix: Tensor) -> Tensor:

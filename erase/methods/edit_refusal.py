@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from erase.concept import Concept
 from erase.methods.base import FineTuneMethod, MethodError, Original, prediction_loss
+from erase.methods.registry import register
 from erase.models.adapter import Conditioning, DiffusionAdapter, ImageCondition
 from erase.photos import PhotoSet, load_photos
 
@@ -46,6 +47,7 @@ PATHS = ("sdedit", "inpaint", "instruct", "kontext")
 BRANCHES = ("cond", "image", "uncond")
 
 
+@register("edit_refusal")
 class EditRefusal(FineTuneMethod):
     name = "edit_refusal"
 
@@ -71,7 +73,7 @@ class EditRefusal(FineTuneMethod):
         self.eta_null = eta_null
         self.branches, self.strength = branches, tuple(strength)
         self.preserve_weight, self.text_agnostic_weight = preserve_weight, text_agnostic_weight
-        self.batch_size, self.photo_cfg = batch_size, dict(photos or {"source": "toy", "n": 64})
+        self.batch_size, self.photo_cfg = batch_size, dict(photos or {"source": "toy", "n": 128})
         self.loss_weighting = loss_weighting
 
     @staticmethod

@@ -44,6 +44,7 @@ from erase.methods.base import (
     prediction_loss,
     text_only_image_condition,
 )
+from erase.methods.registry import register
 from erase.models.adapter import Conditioning, DiffusionAdapter
 
 VARIANT_GROUPS = {"esd-x": "xattn", "esd-x-strict": "xattn-kv", "esd-u": "non-xattn", "esd-all": "all"}
@@ -59,6 +60,7 @@ class TrajectoryCache:
     prompt_index: Tensor  # which concept prompt each chain was sampled with
 
 
+@register("esd", label=lambda p: p["variant"])  # runs named esd-x, esd-u, ...
 class ESD(FineTuneMethod):
     name = "esd"
 

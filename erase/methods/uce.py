@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from erase.concept import Concept
 from erase.methods.base import ClosedFormMethod, MethodError
+from erase.methods.registry import register
 from erase.models.adapter import DiffusionAdapter
 
 TOKEN_MODES = ("last", "words", "all")
@@ -55,6 +56,7 @@ class UCEFitter:
         return torch.linalg.solve(self.gram.T, self.lhs.T).T.to(self.w_old.dtype)
 
 
+@register("uce")
 class UCE(ClosedFormMethod):
     name = "uce"
 
