@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -35,6 +36,50 @@ dl.meta dd { margin: 0; font-family: ui-monospace, Menlo, monospace; }
 figure { margin: 8px 0; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 div.scroll { overflow-x: auto; max-width: 100%; }
+body { max-width: 1100px; }
+td.rate { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.rate small { color: #666; }
+td.good b { color: #0a6b2d; } td.bad b { color: #a40000; } td.same b { color: #555; }
+p.note, ul.note { font-size: 12px; color: #555; }
+table.sortable th { cursor: pointer; user-select: none; }
+table.sortable th[aria-sort=ascending]::after { content: " \\25B2"; }
+table.sortable th[aria-sort=descending]::after { content: " \\25BC"; }
+div.edits { display: flex; flex-wrap: wrap; gap: 6px 24px; }
+div.triplet { display: flex; flex-wrap: wrap; gap: 8px; align-items: flex-start; margin: 6px 0 10px; width: 440px; }
+div.triplet .tlabel { flex-basis: 100%; font-size: 12px; font-weight: 600; }
+div.triplet.forbidden .tlabel { color: #a40000; } div.triplet.benign .tlabel { color: #0a6b2d; }
+div.triplet figure { margin: 0; width: 140px; } div.triplet figcaption { font-size: 11px; color: #444; }
+div.triplet figure img { width: 128px; image-rendering: pixelated; }
+figure.missing div { width: 128px; height: 128px; background: #eee; color: #888; font-size: 11px;
+                     display: flex; align-items: center; justify-content: center; }
+section { margin-bottom: 10px; }
+"""
+
+# Click a header to sort its table (numbers by data-sort, else by text); no library, works offline.
+_SORT_JS = """
+document.querySelectorAll('table.sortable').forEach(function (table) {
+  table.querySelectorAll('th').forEach(function (th, col) {
+    th.addEventListener('click', function () {
+      var asc = th.getAttribute('aria-sort') !== 'ascending';
+      table.querySelectorAll('th').forEach(function (h) { h.removeAttribute('aria-sort'); });
+      th.setAttribute('aria-sort', asc ? 'ascending' : 'descending');
+      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+      function key(row) {
+        var cell = row.cells[col], v = cell.getAttribute('data-sort');
+        if (v === null) { v = cell.textContent.trim(); }
+        var x = Number(v);
+        return (v === '' || isNaN(x)) ? v : x;
+      }
+      rows.sort(function (a, b) {
+        var x = key(a), y = key(b), blank = (x === '') - (y === '');
+        if (blank) { return blank; }  // empty cells last either way
+        var c = (typeof x === 'number' && typeof y === 'number') ? x - y : String(x).localeCompare(String(y));
+        return asc ? c : -c;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
 """
 
 
@@ -85,14 +130,17 @@ def _page(title: str, body: Iterable[str]) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
-        f"<h1>{html.escape(title)}</h1>\n" + "\n".join(body) + "\n</body></html>\n"
+        f"<h1>{html.escape(title)}</h1>\n" + "\n".join(body) + f"\n<script>{_SORT_JS}</script>\n</body></html>\n"
     )
 
 
 def _write(text: str, path: str | Path) -> Path:
+    """Atomic: a reader (or a killed run) sees the old page or the new one, never half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
     return path
 
 
