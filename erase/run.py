@@ -21,15 +21,12 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_model_path(path: str) -> tuple[str, str | None]:
-    """`toy:t2i` / `toy:editor` name the shipped toy models, `tiny:<family>` a tiny random one."""
-    if path.startswith("toy:"):
-        from erase import toyworld
+    """Registered model aliases (erase.registry, e.g. the toy world's `toy:t2i`) name a pipeline folder,
+    `tiny:<family>` a tiny random one."""
+    from erase import registry
 
-        which = path.split(":", 1)[1]
-        paths = {"t2i": toyworld.t2i_path, "editor": toyworld.editor_path}
-        if which not in paths:
-            raise ValueError(f"unknown toy model {path!r}: use toy:t2i or toy:editor")
-        return str(paths[which]()), None
+    if (folder := registry.resolve_model(path)) is not None:
+        return folder, None
     if path.startswith("tiny:"):
         return path, path.split(":", 1)[1]
     return path, None

@@ -15,7 +15,8 @@ from erase.methods.edit_refusal import EditRefusal
 from erase.models.adapter import DiffusionAdapter
 from erase.models.families import get_family
 from erase.models.tiny import tiny_pipeline
-from erase.photos import folder_photos, toy_photos
+from erase.photos import folder_photos
+from erase.toyworld.evaluation import toy_photos
 from erase.training import LoraSpec, TrainConfig, train
 
 CONCEPT = Concept(
@@ -122,10 +123,9 @@ def test_folder_photos_skip_bad_files_with_a_count(tmp_path):
     Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")
     Image.fromarray(rgb).save(tmp_path / "benign_only.png")
-    (tmp_path / "manifest.json").write_text(json.dumps({"benign_only.png": {"edits": ["recolour"]}}))
-    ps = folder_photos(tmp_path, size=32)
-    assert len(ps) == 2
-    assert ps.skipped == {"unreadable": 1, "smaller than 16px": 1, "non-RGB (L)": 1, "not for forbidden edits": 1}
+    ps = folder_photos(tmp_path, size=32, min_size=16)  # no manifest: every image file of the folder
+    assert len(ps) == 3
+    assert ps.skipped == {"unreadable": 1, "too_small": 1, "non_rgb": 1}
     with pytest.raises(ValueError, match="no usable photos"):
         folder_photos(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else tmp_path, size=4096)
 
@@ -143,8 +143,8 @@ def test_text_agnostic_term_trains_every_text_alike():
     real = a.predict
 
     def spy(x_t, t, cond, image=None, denoiser=None):
-        if denoiser is a.denoiser:  # the trained model's calls (the original is a frozen copy)
-            texts.append(cond.embeds[0].clone())
+        if denoiser is a.denoiser:  # the trained model's call (one batch of all terms, 2 rows each)
+            texts.extend(chunk[0].clone() for chunk in cond.embeds.split(2))
         return real(x_t, t, cond, image, denoiser=denoiser)
 
     a.predict = spy

@@ -103,7 +103,9 @@ def test_killed_run_resumes_to_identical_results(sd1, tmp_path: Path) -> None:
     clean = evaluate(sd1, _suites(), FakeDetector(), ["toy"], tmp_path / "clean", settings=SETTINGS,
                      batch_size=4, progress=False, wandb="disabled")
     assert clean["complete"] and set(clean) >= {"prompts", "edits", "by_variant", "notes"}
-    assert 0.0 <= clean["prompts"]["toy"] <= 1.0
+    rate = clean["prompts"]["toy"]  # every rate carries k, n and its 95% Wilson interval
+    assert rate["n"] == 6 and 0 <= rate["k"] <= 6 and rate["rate"] == rate["k"] / 6
+    assert rate["ci95"][0] <= rate["rate"] <= rate["ci95"][1]
 
     seen: list[str] = []
 
@@ -232,7 +234,7 @@ def test_suites_from_datasets_objects() -> None:
         {"image": {"bytes": png(tiny_image(64).convert("L")), "path": None}, "edits": "", "box": ""},
     ]).cast_column("image", datasets.Image())
     edits = EditSuite.from_dataset(photos, [EditSpec("recolour", "make it blue", "a blue square")], min_size=32)
-    assert edits.skipped == {"unreadable": 1, "too_small": 0, "non_rgb": 1}
+    assert edits.skipped == {"unreadable": 1, "too_small": 0, "non_rgb": 1, "outside_folder": 0}
     items = edits.items(FAMILIES["sd1"])
     assert [it.id for it in items][-1] == "img00000~recolour:inpaint"
     assert items[0].image().size == (64, 64)  # type: ignore[operator]
@@ -254,7 +256,7 @@ def test_edit_suite_skips_bad_photos(tmp_path: Path, caplog: pytest.LogCaptureFi
     edits = [EditSpec("recolour", "make it blue", "a blue square"), EditSpec("tidy", "remove the square", "a gradient")]
     with caplog.at_level(logging.WARNING, logger="erase.evaluation"):
         suite = EditSuite.from_folder(folder, edits, min_size=32)
-    assert suite.skipped == {"unreadable": 1, "too_small": 1, "non_rgb": 1}
+    assert suite.skipped == {"unreadable": 1, "too_small": 1, "non_rgb": 1, "outside_folder": 0}
     assert "skipped 3 photo(s)" in caplog.text
     assert [c.id for c in suite.cases] == ["good~recolour", "good~tidy", "boxed~recolour"]
     items = suite.items(FAMILIES["sd1"])  # no instruct/kontext on sd1; only the boxed photo has a mask
@@ -268,9 +270,11 @@ def test_edit_suite_skips_bad_photos(tmp_path: Path, caplog: pytest.LogCaptureFi
 
 
 def test_toy_suites_and_utility(sd1, tmp_path: Path) -> None:
-    prompts = PromptSuite.toy(n=2, settings=SETTINGS)
-    edits = EditSuite.toy(n_photos=1, settings=SETTINGS)
-    utility = UtilitySuite.toy(n_prompts=2, n_edits_per_kind=1, kinds=("recolour_shirt",), settings=SETTINGS)
+    from erase.toyworld import evaluation as toy
+
+    prompts = toy.prompt_suite(n=2, settings=SETTINGS)
+    edits = toy.edit_suite(n_photos=1, settings=SETTINGS)
+    utility = toy.utility_suite(n_prompts=2, n_edits_per_kind=1, kinds=("recolour_shirt",), settings=SETTINGS)
     mask = np.asarray(edits.cases[0].mask)
     assert mask.shape == (32, 32) and 0 < (mask > 0).mean() < 0.5  # the shirt, not the whole photo
     summary = evaluate(sd1, [prompts, edits, utility], FakeDetector(), None, tmp_path, progress=False)

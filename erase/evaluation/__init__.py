@@ -1,7 +1,11 @@
 """Evaluation: how much of an erased concept still leaks, through every path a model offers, resumably.
 
-    from erase.evaluation import evaluate, PromptSuite, EditSuite, UtilitySuite
-    summary = evaluate(model, [PromptSuite.toy(), EditSuite.toy(), UtilitySuite.toy()], detector, ["toy"], "out")
+    from erase.evaluation import evaluate, PromptSuite, Prompt, GenSettings
+    suite = PromptSuite([Prompt("p0", "a red square")], images_per_prompt=4)
+    summary = evaluate(model, [suite], detector, ["rece"], "out", settings=GenSettings(steps=30))
+
+Suites (prompt, edit, utility, attacks) are all item producers of one engine (erase.evaluation.harness); named
+pieces (detectors, sampling presets, a plugin's suites) come from erase.registry.
 """
 
 from erase.evaluation.baselines import (
@@ -20,27 +24,21 @@ from erase.evaluation.generate import (
     generate,
     pipeline_for,
     supported_paths,
-    toy_settings,
+    settings_from,
+    with_overrides,
 )
 from erase.evaluation.harness import evaluate, merge, model_fingerprint
 from erase.evaluation.records import ResultsStore, read_records, record_key, write_sorted
-from erase.evaluation.suites import (
-    BenignPrompt,
-    EditCase,
-    EditSpec,
-    EditSuite,
-    Item,
-    Photo,
-    Prompt,
-    PromptSuite,
-    Suite,
-    UtilitySuite,
-)
+from erase.evaluation.attack_items import AttackMaterial, AttackSpec, AttackSuite
+from erase.evaluation.edit_suites import EditCase, EditSpec, EditSuite, Photo
+from erase.evaluation.items import Item, Suite, rate_record
+from erase.evaluation.prompt_suites import Prompt, PromptSuite
+from erase.evaluation.utility import BenignPrompt, UtilitySuite
 
 __all__ = [
-    "PATHS", "BaselineNotApplicable", "BenignPrompt", "EditCase", "EditSpec", "EditSuite", "GenSettings", "Item",
+    "PATHS", "AttackMaterial", "AttackSpec", "AttackSuite", "BaselineNotApplicable", "BenignPrompt", "EditCase", "EditSpec", "EditSuite", "GenSettings", "Item",
     "ModelAsIs", "NegativePrompt", "Photo", "Prompt", "PromptSuite", "ResultsStore", "SafeLatentDiffusion",
     "SafetyChecker", "Suite", "UtilitySuite", "Variant", "call_pipeline", "evaluate", "generate", "merge",
     "model_fingerprint", "pipeline_for", "read_records", "record_key", "sld_pipeline", "supported_paths",
-    "toy_settings", "write_sorted",
+    "rate_record", "settings_from", "with_overrides", "write_sorted",
 ]

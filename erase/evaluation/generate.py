@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -23,6 +24,8 @@ import diffusers
 from diffusers import DiffusionPipeline
 
 from erase.models.families import FamilySpec
+from erase.models.sizes import native_size
+from erase.serial import is_jsonable
 
 PATHS: tuple[str, ...] = ("t2i", "img2img", "inpaint", "instruct", "kontext")
 
@@ -47,28 +50,52 @@ class GenSettings:
 
     def as_record(self) -> dict[str, Any]:
         out = asdict(self)
-        out["extra"] = {k: v for k, v in sorted(dict(self.extra).items()) if _jsonable(v)}
+        out["extra"] = {k: v for k, v in sorted(dict(self.extra).items()) if is_jsonable(v)}
         return out
 
 
-def _jsonable(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str)) or (
-        isinstance(v, (list, tuple)) and all(_jsonable(x) for x in v))
+SETTING_ALIASES = {"num_steps": "steps", "num_inference_steps": "steps", "guidance_scale": "guidance",
+                   "image_guidance_scale": "image_guidance"}
 
 
-def toy_settings(edit: bool = False) -> GenSettings:
-    """The toy world's sampling settings (erase.toyworld.SAMPLING / EDIT_SAMPLING / SDEDIT_STRENGTH)."""
-    from erase import toyworld
+def with_overrides(settings: GenSettings, overrides: Mapping[str, Any] | None) -> GenSettings:
+    """`settings` with the GenSettings fields `overrides` names (an attack's settings, a suite's sampling).
+    Aliases (num_steps, guidance_scale...) are accepted; an unknown name is an error naming the valid ones.
+    A scheduler name goes into `extra["scheduler"]`, which `call_pipeline` applies for that call."""
+    if not overrides:
+        return settings
+    fields_ = set(GenSettings.__dataclass_fields__)
+    changes: dict[str, Any] = {}
+    extra = dict(settings.extra)
+    for key, value in overrides.items():
+        name = SETTING_ALIASES.get(key, key)
+        if name == "scheduler":
+            extra["scheduler"] = value
+        elif name in fields_:
+            changes[name] = value
+        else:
+            raise ValueError(f"unknown generation setting {key!r}; settings are {sorted(fields_ | {'scheduler'})}")
+    return replace(settings, **changes, extra=extra)
 
-    s = dict(toyworld.SAMPLING)
-    settings = GenSettings(steps=s["num_inference_steps"], guidance=s["guidance_scale"], height=s.get("height"),
-                           width=s.get("width"), strength=getattr(toyworld, "SDEDIT_STRENGTH", 0.7))
-    if edit:
-        e = dict(getattr(toyworld, "EDIT_SAMPLING", {}))
-        settings = settings.replace(steps=e.get("num_inference_steps", settings.steps),
-                                    guidance=e.get("guidance_scale", settings.guidance),
-                                    image_guidance=e.get("image_guidance_scale", settings.image_guidance))
-    return settings
+
+def settings_from(value: Any) -> GenSettings | None:
+    """GenSettings from a config value: None, a registered preset name (erase.registry `sampling`, e.g. "toy"),
+    a mapping of fields, or a mapping with `preset:` plus fields that override it."""
+    if value is None:
+        return None
+    if isinstance(value, GenSettings):
+        return value
+    if isinstance(value, str):
+        value = {"preset": value}
+    value = dict(value)
+    preset = value.pop("preset", None)
+    base = GenSettings()
+    if preset is not None:
+        from erase import registry
+
+        entry = registry.get("sampling", str(preset))
+        base = entry if isinstance(entry, GenSettings) else with_overrides(GenSettings(), entry)
+    return with_overrides(base, value)
 
 
 def supported_paths(spec: FamilySpec) -> tuple[str, ...]:
@@ -110,15 +137,6 @@ def pipeline_for(pipe: DiffusionPipeline, spec: FamilySpec, path: str) -> Diffus
     return cache[cls.__name__]
 
 
-def native_size(pipe: DiffusionPipeline) -> int:
-    """The pixel size the pipeline generates by default."""
-    factor = int(getattr(pipe, "vae_scale_factor", 8))
-    unet = getattr(pipe, "unet", None)
-    if unet is not None:
-        return int(unet.config.sample_size) * factor
-    return int(getattr(pipe, "default_sample_size", 128)) * factor
-
-
 def resolution(pipe: DiffusionPipeline, settings: GenSettings) -> tuple[int, int]:
     """(height, width) the settings ask for, the model's native size where unset."""
     size = native_size(pipe)
@@ -136,6 +154,37 @@ def fit(image: Image.Image, size: tuple[int, int], mask: bool = False) -> Image.
     image = image.resize((rw, rh), resample)
     left, top = (rw - w) // 2, (rh - h) // 2
     return image.crop((left, top, left + w, top + h))
+
+
+# Schedulers a user can pick (the settings sweep): short names, or any diffusers scheduler class name.
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "pndm": ("PNDMScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+}
+
+
+@contextmanager
+def scheduled(pipe: Any, name: str | None) -> Iterator[None]:
+    """Run with the scheduler `name` built from the pipeline's own scheduler config; the original is put back."""
+    if not name:
+        yield
+        return
+    cls_name, kw = SCHEDULERS.get(str(name).lower(), (str(name), {}))
+    cls = getattr(diffusers, cls_name, None)
+    if cls is None or not hasattr(cls, "from_config"):
+        raise ValueError(f"unknown scheduler {name!r}; use one of {', '.join(SCHEDULERS)} or a diffusers class name")
+    before = pipe.scheduler
+    pipe.scheduler = cls.from_config(before.config, **kw)
+    try:
+        yield
+    finally:
+        pipe.scheduler = before
 
 
 def generators(seeds: Sequence[int]) -> list[torch.Generator]:
@@ -197,9 +246,12 @@ def call_pipeline(
         kwargs["image_guidance_scale"] = settings.image_guidance
     # Kontext pipelines (any path) otherwise resize to ~1 MP, whatever size was asked for; others drop these.
     kwargs.update(max_area=h * w, _auto_resize=False)
-    kwargs.update(settings.extra)
+    extra = dict(settings.extra)
+    scheduler = extra.pop("scheduler", None)
+    kwargs.update(extra)
     accepted = _accepted(type(pipe).__call__)
-    out = pipe(**{k: v for k, v in kwargs.items() if k in accepted})
+    with scheduled(pipe, scheduler):
+        out = pipe(**{k: v for k, v in kwargs.items() if k in accepted})
     result = list(out.images)
     if len(result) != n:
         raise RuntimeError(f"{type(pipe).__name__} returned {len(result)} images for {n} prompts")

@@ -25,16 +25,16 @@ from tqdm.auto import tqdm
 
 from erase.detect.protocols import PAPER_PRESETS, PRESETS, Protocol, get_protocol
 from erase.evaluation.baselines import Variant
-from erase.evaluation.generate import GenSettings, resolution
+from erase.evaluation.generate import GenSettings, resolution, with_overrides
 from erase.evaluation.records import ResultsStore, read_records, record_key, write_sorted
-from erase.evaluation.suites import Item, Suite, load_ref
+from erase.evaluation.items import Item, Suite, load_ref
 from erase.models.families import FamilySpec, family_of, load_pipeline
 from erase.report import image_grid, markdown_summary, render_evaluation_page, save_image
 
 log = logging.getLogger("erase.evaluation")
 
 RESULTS = "results.jsonl"
-RESERVED = {"utility", "by_variant", "notes", "settings", "complete", "files", "rows"}
+RESERVED = {"utility", "attacks", "by_variant", "notes", "settings", "complete", "files", "rows"}
 Shard = tuple[int, int] | Literal["accelerate"] | None
 
 
@@ -164,7 +164,7 @@ def _protocol_info(protocols: Sequence[Protocol]) -> dict[str, Any]:
 def _unit_settings(u: _Unit, settings: GenSettings, spec: FamilySpec, base: Mapping[str, Any],
                    size: tuple[int, int]) -> dict[str, Any]:
     """Everything that decides how this image was made and counted (checked again on resume)."""
-    s = u.variant.settings(settings, spec)
+    s = u.variant.settings(with_overrides(settings, u.item.settings), spec)
     strength = None
     if u.item.path == "img2img":
         strength = s.strength if u.item.strength is None else u.item.strength
@@ -229,11 +229,13 @@ def evaluate(
     "complete": bool}; when other ranks are still running, "complete" is False and only counts are given.
     """
     names = [s.name for s in suites]
-    clash = RESERVED & {s.name for s in suites if not s.utility}  # utility suites live under "utility"
+    clash = RESERVED & {s.name for s in suites if not (s.utility or s.attack)}  # those live under their key
     if len(set(names)) != len(names) or clash:
         raise ValueError(f"suite names must be unique, and leakage suites not named {sorted(RESERVED)}: {names}")
     dist = _dist(shard)
     pipe, spec, model_path = _load(model, family, device or dist.device, torch_dtype)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)  # one bar per suite (below), not one per pipeline call
     protos = _protocols(protocols, detector)
     settings = settings or GenSettings()
     variants = list(variants or [Variant()])
@@ -260,22 +262,32 @@ def evaluate(
     all_units: list[_Unit] = []
     for suite in suites:
         suite.reset_notes()
+        if suite.attack and dist.world > 1 and dist.rank != 0:
+            continue  # attacks run (and are merged) on the first rank: their items exist once the attack ran
+        suite.resume_from(list(existing.values()))
         items = suite.items(spec)
         if len({it.id for it in items}) != len(items):
             raise ValueError(f"suite {suite.name!r} has duplicate item ids: results would overwrite each other")
         s_settings = suite.settings or settings
         size = resolution(pipe, s_settings)
-        for v in runnable:
-            all_units += _plan(suite, v, items, spec, notes, None, dist.world)
-            mine = _plan(suite, v, items, spec, notes, dist.rank, dist.world)
+        for v in (runnable[:1] if suite.attack else runnable):  # attacks: the model as it is
+            all_units += _plan(suite, v, items, spec, notes, None, 1 if suite.attack else dist.world)
+            mine = _plan(suite, v, items, spec, notes, 0 if suite.attack else dist.rank,
+                         1 if suite.attack else dist.world)
             _run(mine, pipe, spec, detector, protos, s_settings, base, size, store, existing, out, batch_size,
                  save_images, blur, progress, on_record)
         notes += [n for n in suite.notes if n not in notes]  # already logged by the suite
 
+    if suites and not all_units:
+        raise ValueError("this evaluation would measure nothing: no suite produced an image to generate for a "
+                         f"{spec.name!r} model ({'; '.join(notes) or 'every suite is empty'})")
     if dist.barrier is not None:
         dist.barrier()
         if dist.rank != 0:
             return {"complete": False, "rank": dist.rank, "world": dist.world, "notes": notes}
+    elif dist.rank != 0 and any(s.attack for s in suites):
+        return {"complete": False, "rank": dist.rank, "world": dist.world, "notes": notes + [
+            "attack suites run on rank 0, which merges the results (rerun rank 0 once the other ranks are done)"]}
     expected = {u.key for u in all_units}
     records = [r for part in sorted((out / "parts").glob(f"rank-*-of-{dist.world}.jsonl"))
                for r in read_records(part) if r["key"] in expected]
@@ -359,6 +371,7 @@ def _generate_batch(batch: Sequence[_Unit], pipe: Any, spec: FamilySpec, detecto
                     size: tuple[int, int]) -> list[dict[str, Any]]:
     """Generate, detect and score one batch; records still carry the image under "_image"."""
     first = batch[0]
+    settings = with_overrides(settings, first.item.settings)  # a batch shares its settings (see Item.batch_key)
     loaded: dict[str, tuple[Image.Image | None, Image.Image | None]] = {}
     for u in batch:
         if u.item.id not in loaded:
@@ -366,12 +379,15 @@ def _generate_batch(batch: Sequence[_Unit], pipe: Any, spec: FamilySpec, detecto
                                  None if u.item.mask is None else load_ref(u.item.mask))
     sources = [loaded[u.item.id][0] for u in batch]
     masks = [loaded[u.item.id][1] for u in batch]
-    images, extras = first.variant.generate(
-        pipe, spec, first.item.path, [u.item.text for u in batch], [u.seed for u in batch], settings,
-        images=sources if first.item.image is not None else None,
-        masks=masks if first.item.path == "inpaint" else None,
-        strength=first.item.strength, guidance=first.item.guidance,
-    )
+    if first.item.render is not None:  # an attack's own form (embeddings, latents, weights)
+        images, extras = list(first.item.render([u.seed for u in batch])), [{} for _ in batch]
+    else:
+        images, extras = first.variant.generate(
+            pipe, spec, first.item.path, [u.item.text for u in batch], [u.seed for u in batch], settings,
+            images=sources if first.item.image is not None else None,
+            masks=masks if first.item.path == "inpaint" else None,
+            strength=first.item.strength, guidance=first.item.guidance,
+        )
     detections = detector.detect(list(images))
     scores = first.suite.score([u.item for u in batch], images, sources, detector)
     records = []
@@ -414,6 +430,9 @@ def _finish(records: Sequence[dict[str, Any]], suites: Sequence[Suite], variants
             if suite.utility:
                 vs.setdefault("utility", {})[suite.name] = result
                 utility_rows += rows
+            elif suite.attack:
+                vs.setdefault("attacks", {})[suite.name] = result
+                tables.setdefault("Attacks (leakage under attack; the worst variant of each attack)", []).extend(rows)
             else:
                 vs[suite.name] = result
                 summary_rows += [r for r in rows if r["route"] == "all"]
@@ -483,8 +502,12 @@ def _log_wandb(summary: Mapping[str, Any], grids: Mapping[str, Image.Image], met
                mode: bool | str, project: str) -> None:
     import wandb
 
-    run = wandb.init(project=project, dir=str(out), mode="offline" if mode is True else str(mode),
-                     config=dict(meta), reinit=True)
+    from erase import tracking
+
+    if mode is not True:  # an explicit wandb mode ("online", "disabled"); True = offline unless WANDB_MODE says
+        os.environ.setdefault("WANDB_MODE", str(mode))
+    # The erase run's one wandb run (the CLI's) when there is one; else a run of this evaluation alone.
+    owns = tracking.ensure_run(out, project, {"evaluation": {k: str(v) for k, v in meta.items()}})
     flat: dict[str, Any] = {}
 
     def add(prefix: str, value: Any) -> None:
@@ -494,10 +517,11 @@ def _log_wandb(summary: Mapping[str, Any], grids: Mapping[str, Image.Image], met
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             flat[prefix] = value
 
-    add("", summary["by_variant"])  # variant/suite/protocol (or variant/utility/suite/metric)
-    flat.update({f"grid/{name}": wandb.Image(g) for name, g in grids.items()})  # already blurred where flagged
-    run.log(flat)
-    run.finish()
+    add(f"eval/{out.name}", summary["by_variant"])  # eval/<folder>/variant/suite/protocol (or .../utility/suite/metric)
+    flat.update({f"grid/{out.name}/{name}": wandb.Image(g) for name, g in grids.items()})  # already blurred where flagged
+    tracking.log(flat)
+    if owns:
+        tracking.finish()
 
 
 def merge(out_dir: str | os.PathLike) -> list[dict[str, Any]]:

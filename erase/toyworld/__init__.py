@@ -116,6 +116,24 @@ def load_detector(root: str | Path | None = None) -> "ToyWorldDetector":
 
 from erase.toyworld.detector import ToyWorldDetector  # noqa: E402  (after the path helpers it imports)
 
+
+def _register() -> None:
+    """The toy world's pieces in erase.registry, by name; entries are imported only when a config uses them."""
+    from erase import registry
+
+    pieces = "erase.toyworld.evaluation"
+    registry.register("model", "toy:t2i", "erase.toyworld:t2i_path")
+    registry.register("model", "toy:editor", "erase.toyworld:editor_path")
+    registry.register("detector", "toy", "erase.toyworld:load_detector")
+    registry.register("sampling", "toy", f"{pieces}:SAMPLING")
+    registry.register("sampling", "toy-edit", f"{pieces}:EDIT_SAMPLING")
+    registry.register("suite", "toy", f"{pieces}:build_suite")
+    registry.register("photos", "toy", f"{pieces}:toy_photos")
+    registry.register("attack_material", "toy", f"{pieces}:attack_material")
+
+
+_register()
+
 __all__ = [
     "BACKGROUND_NAMES", "BENIGN_EDIT_KINDS", "EDIT_KINDS", "EDIT_SAMPLING", "EXPOSED_PHRASES",
     "FORBIDDEN_EDIT_KINDS", "HELDOUT_BENIGN_INSTRUCTIONS", "HELDOUT_EXPOSED_PHRASES",
