@@ -75,22 +75,54 @@ def test_esd_regularisers_regress_onto_the_frozen_model():
     esd = ESD(variant="esd-all", preserve_weight=2.0, uncond_weight=0.5, loss_weighting="x0", **FAST_ESD)
     original = Original(a, lora=False)
     esd.setup(a, CONCEPT, original, seed=0)
-    g = torch.Generator().manual_seed(0)
-    x_t, t, _ = esd._draw(0, g)
-    reg, logs = esd.regularisers(a.denoiser, x_t, t, None, torch.Generator().manual_seed(1))
-    assert set(logs) == {"preserve_loss", "uncond_loss"} and reg.item() == 0.0
+    s = esd._draw(0, torch.Generator().manual_seed(0))
+    cond = esd.cond.select(s.which)
+    total, logs = esd.objective(a.denoiser, s, cond)
+    assert set(logs) == {"erase_loss", "preserve_loss", "uncond_loss"}
+    assert logs["preserve_loss"] == pytest.approx(0.0, abs=1e-10) and logs["uncond_loss"] == pytest.approx(0.0, abs=1e-10)
     with torch.no_grad():
         for p in a.denoiser.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    reg, logs = esd.regularisers(a.denoiser, x_t, t, None, torch.Generator().manual_seed(1))
-    uncond = esd.uncond.repeat(x_t.shape[0])
+    total, logs = esd.objective(a.denoiser, s, cond)
+    uncond = esd.uncond.repeat(len(s))
     with torch.no_grad():
-        err = (a.predict(x_t, t, uncond) - original.predict(x_t, t, uncond)).pow(2).flatten(1).mean(1)
-        expected = (a.x0_weight(t) * err).mean()
+        err = (a.predict(s.x_t, s.t, uncond) - original.predict(s.x_t, s.t, uncond)).pow(2).flatten(1).mean(1)
+        expected = (a.x0_weight(s.t) * err).mean()
     assert logs["uncond_loss"] == pytest.approx(float(expected), rel=1e-4) and logs["preserve_loss"] > 0
-    assert reg.item() == pytest.approx(2.0 * logs["preserve_loss"] + 0.5 * logs["uncond_loss"], rel=1e-4)
+    assert total.item() == pytest.approx(logs["erase_loss"] + 2.0 * logs["preserve_loss"] + 0.5 * logs["uncond_loss"], rel=1e-4)
     with pytest.raises(MethodError, match="preserve"):
         ESD(preserve_weight=1.0, **FAST_ESD).setup(a, Concept(id="cat", prompts=["a cat"]), original, seed=0)
+
+
+def test_esd_pool_holds_the_frozen_trajectories_and_predictions_and_is_drawn_without_replacement():
+    """Every pooled state lies on the adapter's own sampler trajectory, its cached predictions are the frozen
+    model's at that state, and one pool's draws visit each state exactly once before the next pool is sampled."""
+    from erase.methods.base import Original
+
+    a = tiny_adapter("sd1")
+    esd = ESD(variant="esd-x", num_steps=3, trajectories=2, batch_size=2, preserve_weight=1.0)
+    original = Original(a, lora=False)
+    esd.setup(a, CONCEPT, original, seed=0)
+    pool = esd._sample(2, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    which = torch.randint(len(esd.cond), (2,), generator=g)
+    x_T = torch.randn(a.latent_shape(2), generator=g)
+    cond = esd.cond.select(which)
+    states = [x for _, _, x in a.sample_trajectory(cond, esd.uncond.repeat(2), 3, esd.start_guidance, until=3, x_T=x_T)]
+    for chain in range(2):
+        for i in range(3):
+            row = chain * 3 + i
+            assert torch.allclose(pool.x_t[row], states[i][chain], atol=1e-5)
+            one = torch.tensor([row])
+            x, t = pool.x_t[one], pool.t[one]
+            assert torch.allclose(pool.e_0[row], original.predict(x, t, esd.uncond)[0], atol=1e-5)
+            assert torch.allclose(pool.e_p[row], original.predict(x, t, cond.select(torch.tensor([chain])))[0], atol=1e-5)
+            benign = esd.preserve.select(pool.preserve_which[one])
+            assert torch.allclose(pool.keep[row], original.predict(x, t, benign)[0], atol=1e-5)
+    drawn = [esd._draw(step, g).x_t for step in range(3)]  # 6 states, batches of 2: steps 0-2 spend pool 0
+    flat = torch.cat(drawn).flatten(1)
+    assert len({tuple(r.tolist()) for r in flat.round(decimals=5)}) == 6, "a state was drawn twice within one pool"
+    assert esd._pool_id == 0 and esd._draw(3, g) is not None and esd._pool_id == 1
 
 
 def test_later_stages_compare_against_the_model_before_the_first(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from erase.concept import Concept
-from erase.methods.base import MethodError, Original, prediction_loss, text_only_image_condition
+from erase.methods.base import MethodError, Original, text_only_image_condition
 from erase.methods.esd import ESD
 from erase.methods.registry import register
 from erase.models.adapter import Conditioning, DiffusionAdapter
@@ -93,15 +93,10 @@ class AdversarialErasure(ESD):
 
     # -- the outer erasure step ------------------------------------------------------------------
     def loss(self, model: nn.Module, step: int, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        x_t, t, which = self._draw(step, generator)
-        cond = self.cond.select(which.to(self.cond.embeds.device))
-        image = text_only_image_condition(self.adapter, x_t.shape[0])
-        target = self.targets(x_t, t, cond, image)
-        e_p = self.original.predict(x_t, t, cond, image)
-        adv = self._adversarial_condition(model, x_t, t, which, image, e_p, generator)
-        erase = prediction_loss(self.adapter, self.adapter.predict(x_t, t, adv, image, denoiser=model), target, t, self.loss_weighting)
-        reg, logs = self.regularisers(model, x_t, t, image, generator)
-        return erase + reg, {"erase_loss": erase.item(), **logs}
+        s = self._draw(step, generator)  # e_0, e_p and the preserve targets come cached with the states
+        image = text_only_image_condition(self.adapter, len(s))
+        adv = self._adversarial_condition(model, s.x_t, s.t, s.which, image, s.e_p, generator)
+        return self.objective(model, s, adv)
 
 
 def _single_clip(spec) -> bool:

@@ -108,6 +108,10 @@ class _AdaptersOff:
 class FineTuneMethod(Method):
     # Module group trained in full fine-tuning, or wrapped with LoRA (see DiffusionAdapter.module_group).
     group: str = "xattn"
+    # Set by the training loop before setup(): micro-batches per optimiser step and this process's rank, for
+    # methods that consume precomputed states in a fixed order (ESD's pool) rather than from the step's generator.
+    micro_batches: int = 1
+    rank: int = 0
 
     @abstractmethod
     def setup(self, adapter: DiffusionAdapter, concept: Concept, original: Original, seed: int) -> None:

@@ -151,47 +151,65 @@ class EditRefusal(FineTuneMethod):
         which = torch.randint(len(self.forbidden), (b,), generator=g).to(a.device)
         text = self.forbidden.select(which)
 
-        with torch.no_grad():
-            e_forb = self.original.predict(x_t, t, text, image)
-            e_safe = self.original.predict(x_t, t, self.safe.repeat(b), image)
-            d = e_forb - e_safe
-        logs, terms = {}, []
-        for name in self.active_branches:
-            cond, img = self._branch(name, text, image, b)
-            if name == "cond":
-                target = e_safe - self.eta * d
-            else:
-                with torch.no_grad():
-                    target = self.original.predict(x_t, t, cond, img) - self.eta_null * d
-            branch_loss = prediction_loss(a, a.predict(x_t, t, cond, img, denoiser=model), target, t, self.loss_weighting)
-            logs[f"refuse_{name}"] = branch_loss.item()
-            terms.append(branch_loss)
-        total = torch.stack(terms).mean()
-
-        if self.benign is not None and self.preserve_weight > 0:
+        # Every frozen prediction of the step in one batched call, and every trained one in another: the terms share
+        # the states, so one large forward costs less than seven small ones (the randomness is drawn as before).
+        branches = [(name, *self._branch(name, text, image, b)) for name in self.active_branches]
+        preserve = self.benign is not None and self.preserve_weight > 0
+        if preserve:
             x_p = a.add_noise(self.x0_photo[idx], noise, t)
             bc = self.benign.select(torch.randint(len(self.benign), (b,), generator=g).to(a.device))
-            with torch.no_grad():
-                keep = self.original.predict(x_p, t, bc, image)
-            preserve = prediction_loss(a, a.predict(x_p, t, bc, image, denoiser=model), keep, t, self.loss_weighting)
-            total = total + self.preserve_weight * preserve
-            logs["preserve"] = preserve.item()
-
-        if self.x0_counter is not None and self.text_agnostic_weight > 0:
+        agnostic = self.x0_counter is not None and self.text_agnostic_weight > 0
+        if agnostic:
             # SafeGen-style: states of the forbidden result denoise toward the safe photo whatever the text says.
             # Trained with no text, with the forbidden text and with a benign one alike: moved on the empty prompt
             # alone, guidance (e_c - e_u) would point from the safe photo back toward the concept.
             x_f = a.add_noise(self.x0_counter[idx], noise, t)
-            target = safegen_target(a, noise, t, self.x0_counter[idx], self.x0_photo[idx])
             texts = [self.empty.repeat(b), text]
             if self.benign is not None:
                 texts.append(self.benign.select(torch.randint(len(self.benign), (b,), generator=g).to(a.device)))
-            agnostic = torch.stack([
-                F.mse_loss(a.predict(x_f, t, c, image, denoiser=model).float(), target.float()) for c in texts
-            ]).mean()
-            total = total + self.text_agnostic_weight * agnostic
-            logs["text_agnostic"] = agnostic.item()
+
+        frozen = [(x_t, text, image), (x_t, self.safe.repeat(b), image)]
+        frozen += [(x_t, cond, img) for name, cond, img in branches if name != "cond"]
+        if preserve:
+            frozen.append((x_p, bc, image))
+        with torch.no_grad():
+            e = self.original.predict(*_stack(frozen, t)).split(b)
+        e_forb, e_safe, d = e[0], e[1], e[0] - e[1]
+        targets = [e_safe - self.eta * d if name == "cond" else None for name, _, _ in branches]
+        n_null = sum(name != "cond" for name, _, _ in branches)
+        nulls = iter(e[2 : 2 + n_null])
+        targets = [tgt if tgt is not None else next(nulls) - self.eta_null * d for tgt in targets]
+
+        trained = [(x_t, cond, img) for _, cond, img in branches]
+        if preserve:
+            trained.append((x_p, bc, image))
+        if agnostic:
+            trained += [(x_f, c, image) for c in texts]
+        preds = list(a.predict(*_stack(trained, t), denoiser=model).split(b))
+
+        logs, terms = {}, []
+        for (name, _, _), target in zip(branches, targets):
+            branch_loss = prediction_loss(a, preds.pop(0), target, t, self.loss_weighting)
+            logs[f"refuse_{name}"] = branch_loss.item()
+            terms.append(branch_loss)
+        total = torch.stack(terms).mean()
+        if preserve:
+            kept = prediction_loss(a, preds.pop(0), e[2 + n_null], t, self.loss_weighting)
+            total = total + self.preserve_weight * kept
+            logs["preserve"] = kept.item()
+        if agnostic:
+            target = safegen_target(a, noise, t, self.x0_counter[idx], self.x0_photo[idx])
+            refused = torch.stack([F.mse_loss(p.float(), target.float()) for p in preds]).mean()
+            total = total + self.text_agnostic_weight * refused
+            logs["text_agnostic"] = refused.item()
         return total, logs
+
+
+def _stack(rows: list[tuple[Tensor, Conditioning, ImageCondition | None]], t: Tensor):
+    """(x_t, t, conditioning, image condition) of several same-sized batches concatenated into one."""
+    images = [img for _, _, img in rows]
+    image = None if images[0] is None else ImageCondition(torch.cat([img.latents for img in images]))
+    return torch.cat([x for x, _, _ in rows]), t.repeat(len(rows)), Conditioning.cat([c for _, c, _ in rows]), image
 
 
 def safegen_target(a: DiffusionAdapter, noise: Tensor, t: Tensor, x0_forbidden: Tensor, x0_safe: Tensor) -> Tensor:
