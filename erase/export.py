@@ -1,5 +1,16 @@
-"""Ship a hardened model: a diffusers folder, a single safetensors file of the changed weights, the LoRA
-adapter where one was trained, and a model card that says what was erased, how, and how much still leaks."""
+"""Ship a hardened model as one hub-ready folder: a diffusers pipeline (model_index.json and its components) with,
+beside it, the model card (README.md), a single safetensors file of the changed weights and the LoRA adapter where
+one was trained. `DiffusionPipeline.from_pretrained(folder)` loads it; uploading the folder publishes it.
+
+    export/
+      README.md                    model card
+      model_index.json, unet/, text_encoder/, vae/, scheduler/, tokenizer/ ...
+      erased_weights.safetensors   only the changed tensors, keys prefixed by component
+      lora/                        pytorch_lora_weights.safetensors (LoRA runs only)
+
+The folder is built under a temporary name unique to this process and renamed into place, so a kill leaves the
+previous export or none, never a mix; the changed-weights file is byte-reproducible (its sha256 is in the card).
+"""
 
 from __future__ import annotations
 
@@ -7,22 +18,30 @@ import hashlib
 import json
 import os
 import shutil
+import struct
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from erase.models.adapter import DiffusionAdapter
 
 
+WEIGHTS_FILE = "erased_weights.safetensors"
+CARD_FILE = "README.md"
+LORA_DIR = "lora"
+
+
 @dataclass
 class ExportPaths:
-    pipeline: Path
+    pipeline: Path  # the export folder itself: model_index.json, the card and the files below sit in it
     weights: Path
     lora: Path | None
     card: Path
+    weights_sha256: str = ""
 
 
 def snapshot(adapter: DiffusionAdapter) -> dict[str, torch.Tensor]:
@@ -61,32 +80,79 @@ def export(
     card: Mapping[str, Any],
     lora_adapter: str | None = None,
 ) -> ExportPaths:
-    """Write everything under out_dir. With a LoRA adapter the folder holds it both separately and fused."""
+    """Write the export folder `out_dir` (replacing an earlier one atomically). With a LoRA adapter the folder holds
+    it both separately (lora/) and fused into the pipeline's weights."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    lora_path = None
-    if lora_adapter is not None:
-        lora_path = save_lora(adapter, lora_adapter, out / "lora")
-        adapter.denoiser.fuse_lora(adapter_names=[lora_adapter])
-        adapter.denoiser.unload_lora()
-    changed = changed_weights(adapter, before)
-    weights = out / "erased_weights.safetensors"
-    _atomic(weights, lambda tmp: save_file(changed, tmp, metadata={"format": "pt", "components": "prefixed"}))
-    pipe_dir = out / "pipeline"
-    tmp_dir = out / ".pipeline.tmp"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    adapter.pipe.save_pretrained(tmp_dir, safe_serialization=True)
-    shutil.rmtree(pipe_dir, ignore_errors=True)
-    os.replace(tmp_dir, pipe_dir)
-    card_path = write_model_card(out / "README.md", {**card, "changed_tensors": len(changed)})
-    return ExportPaths(pipe_dir, weights, lora_path, card_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir()
+        if lora_adapter is not None:
+            save_lora(adapter, lora_adapter, tmp / LORA_DIR)
+            adapter.denoiser.fuse_lora(adapter_names=[lora_adapter])
+            adapter.denoiser.unload_lora()
+        changed = changed_weights(adapter, before)
+        adapter.pipe.save_pretrained(tmp, safe_serialization=True)
+        digest = save_safetensors(changed, tmp / WEIGHTS_FILE, {"format": "pt", "components": "prefixed"})
+        write_model_card(tmp / CARD_FILE, {**card, "changed_tensors": len(changed), "weights_sha256": digest,
+                                           "weights_file": WEIGHTS_FILE})
+        _swap_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportPaths(out, out / WEIGHTS_FILE, out / LORA_DIR if lora_adapter is not None else None, out / CARD_FILE,
+                       digest)
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: Mapping[str, str] | None = None) -> str:
+    """A safetensors file whose bytes depend only on the tensors and metadata; returns its sha256.
+
+    Why: the safetensors library writes `__metadata__` from a hash map, so its key order (and the file's hash)
+    changes from process to process. The header is rewritten with sorted metadata; the data is untouched."""
+    raw = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__", None)
+    if metadata:
+        header = {"__metadata__": {k: str(metadata[k]) for k in sorted(metadata)}, **header}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format aligns the data to 8 bytes
+    data = struct.pack("<Q", len(text)) + text + raw[8 + n:]
+    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+    return hashlib.sha256(data).hexdigest()
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file; the export needs that name for a folder: move the file away")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Leftovers of exports killed midway (the run holds out_dir's lock, so no other process is writing them)."""
+    if out.parent.is_dir():
+        for p in out.parent.glob(f".{out.name}.*-*"):
+            if p.name.startswith((f".{out.name}.tmp-", f".{out.name}.old-")):
+                shutil.rmtree(p, ignore_errors=True)
+    legacy = out / ".pipeline.tmp"
+    if legacy.is_dir():
+        shutil.rmtree(legacy, ignore_errors=True)
 
 
 def load_erased_weights(adapter: DiffusionAdapter, path: str | os.PathLike) -> int:
     """Apply a changed-weights file to a pipeline of the same base model; returns how many tensors were set."""
     from safetensors.torch import load_file
 
-    weights = load_file(str(path))
+    try:
+        weights = load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - truncated, corrupt, not safetensors: one remedy
+        raise ValueError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); it is corrupt or "
+                         "truncated: export it again (rerun the erase run), or delete its folder and run again") from err
     modules = adapter.modules()
     for key, value in weights.items():
         component, name = key.split(".", 1)
@@ -101,37 +167,13 @@ def load_erased_weights(adapter: DiffusionAdapter, path: str | os.PathLike) -> i
 
 
 def write_model_card(path: Path, card: Mapping[str, Any]) -> Path:
-    concept = card.get("concept", "?")
-    lines = [
-        "---",
-        "tags: [erase, concept-erasure, safety]",
-        f"base_model_hash: {card.get('base_model_hash', 'unknown')}",
-        "---",
-        f"# {card.get('name', 'erased model')}",
-        "",
-        f"Concept erased from the weights: **{concept}** (neutral concept id), method **{card.get('method', '?')}**"
-        f" on a **{card.get('family', '?')}** model (base: `{card.get('base_model', '?')}`).",
-        "",
-        "## How it was made",
-        "",
-        "```json",
-        json.dumps(card.get("config", {}), indent=2, default=str),
-        "```",
-        "",
-        "## Files",
-        "",
-        "- `pipeline/`: a diffusers pipeline folder (`DiffusionPipeline.from_pretrained`).",
-        "- `erased_weights.safetensors`: only the tensors that changed, keys prefixed by component.",
-    ]
-    if card.get("lora"):
-        lines.append("- `lora/`: the safety LoRA adapter (`pipe.load_lora_weights`).")
-    lines += ["", "## Evaluation", ""]
-    lines.append(card.get("evaluation_markdown") or "Not evaluated yet: run `erase task=evaluate` on this folder.")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    """The hub model card (erase.card): metadata, evaluation, limitations, loading snippets for the files beside it."""
+    from erase.card import write_card
+
+    return write_card(path, card)
 
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     write(str(tmp))
     os.replace(tmp, path)

@@ -1,9 +1,11 @@
 """The one training loop every fine-tuning method shares.
 
 accelerate does devices, DDP, mixed precision; the method supplies only `loss()`. Checkpoints hold the trained
-parameters (safetensors), the optimiser state and the step, written to a temporary folder and renamed into place,
-so a run killed at any moment resumes from its last complete checkpoint. All randomness is derived from
-(seed, step), which is what makes a resumed run end with the same weights as an uninterrupted one.
+parameters and the optimiser state (both safetensors: nothing is ever unpickled) and the step, written to a temporary
+folder and renamed into place, so a run killed at any moment resumes from its last complete checkpoint. All
+randomness is derived from (seed, step), which is what makes a resumed run end with the same weights as an
+uninterrupted one. A checkpoint is only written from finite weights, a resume skips any checkpoint that is not, and a
+resume with another configuration than the one the checkpoints were made with is refused (see RESUMABLE_CHANGES).
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -46,7 +50,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     attention: str = "sdpa"  # "sdpa" (torch) | "xformers" | "default"
     checkpoint_every: int = 0  # steps; 0 = only at the end
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # newest checkpoints kept; 0 = keep all
     seed: int = 0
     lora: LoraSpec | None = None
     log_every: int = 10
@@ -55,6 +59,27 @@ class TrainConfig:
     cpu: bool = False  # force CPU even where a GPU exists (tests, gloo launches)
     stop_after: int | None = None  # stop (as if killed) after this many steps in this process: tests and smoke runs
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "grad_accum", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "keep_checkpoints"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"train.{name} must be 0 or more, got {getattr(self, name)} "
+                                 f"({'0 = only at the end' if name == 'checkpoint_every' else '0 = keep all'})")
+        if self.stop_after is not None and int(self.stop_after) < 1:
+            raise ValueError(f"train.stop_after must be null or at least 1, got {self.stop_after}")
+
+
+# Settings a resumed run may change without changing what the finished weights would be: how long it runs (steps may
+# grow past the checkpoint), where it stops in this process, logging, and checkpoint bookkeeping. Anything else
+# (lr, seed, LoRA rank, the method's parameters, the concept...) differs from the run the checkpoints belong to.
+RESUMABLE_CHANGES = frozenset({"steps", "stop_after", "log_every", "wandb", "wandb_project", "checkpoint_every",
+                               "keep_checkpoints"})
+
+
+class ResumeMismatchError(ValueError):
+    """out_dir holds checkpoints of a run configured differently from this one."""
 
 @dataclass
 class TrainResult:
@@ -72,7 +97,12 @@ def train(
     out_dir: str | os.PathLike,
     accelerator=None,
     original: torch.nn.Module | None = None,
+    identity: Mapping[str, Any] | None = None,
 ) -> TrainResult:
+    """Train `method` on the adapter's model, resuming from out_dir/checkpoints when there are any.
+
+    `identity`: what else defines the run beyond `cfg` (method parameters, a hash of the concept); it is saved with
+    every checkpoint and must match on resume, like the TrainConfig (except RESUMABLE_CHANGES)."""
     from accelerate import Accelerator
 
     method.check(adapter.spec)
@@ -83,12 +113,13 @@ def train(
     accelerator = accelerator or Accelerator(
         mixed_precision=cfg.mixed_precision,
         cpu=cfg.cpu,
-        log_with="wandb" if cfg.wandb else None,
         project_dir=str(out_dir),
     )
-    if cfg.wandb:
-        os.environ.setdefault("WANDB_MODE", "offline")
-        accelerator.init_trackers(cfg.wandb_project, config=_jsonable(asdict(cfg)))
+    from erase import tracking
+
+    logging_wandb = bool(cfg.wandb) and accelerator.is_main_process
+    # One wandb run for the whole erase run (erase.tracking): join the CLI's, or start one and finish it here.
+    owns_run = logging_wandb and tracking.ensure_run(out_dir, cfg.wandb_project, {"train": _jsonable(asdict(cfg))})
 
     adapter.pipe.to(accelerator.device)
     _configure_denoiser(adapter, cfg)
@@ -97,15 +128,18 @@ def train(
     else:
         params = adapter.set_trainable(method.group)
     names = [n for n, p in adapter.denoiser.named_parameters() if p.requires_grad]
+    method.micro_batches, method.rank = cfg.grad_accum, accelerator.process_index  # for methods drawing from a pool
     method.setup(adapter, concept, Original(adapter, lora=cfg.lora is not None, frozen=original), cfg.seed)
 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(adapter.denoiser, optimizer)
 
-    start = 0
-    if (last := latest_checkpoint(ckpt_root)) is not None:
-        start = load_checkpoint(last, accelerator.unwrap_model(model), optimizer)
-        accelerator.print(f"resuming from {last} (step {start})")
+    setup = run_setup(cfg, method, identity)
+    if accelerator.is_main_process:
+        for gone in clean_checkpoints(ckpt_root):
+            accelerator.print(f"removed {gone}: an unfinished checkpoint write or deletion of an earlier run")
+    accelerator.wait_for_everyone()
+    start = resume(ckpt_root, accelerator.unwrap_model(model), optimizer, setup, cfg, accelerator.print)
 
     result = TrainResult(steps=start, resumed_from=start)
     t0 = time.time()
@@ -127,30 +161,33 @@ def train(
             accelerator.backward(loss / cfg.grad_accum)
             for k, v in {"loss": loss.item(), **micro_logs}.items():
                 logs[k] = logs.get(k, 0.0) + v / cfg.grad_accum
-        if cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         result.steps = step + 1
         logs["step"] = step + 1
         result.history.append(logs)
         bar.set_postfix(loss=f"{logs['loss']:.4g}")
-        if cfg.wandb:
-            accelerator.log(logs, step=step + 1)
+        if logging_wandb:
+            extra = {"train/lr": optimizer.param_groups[0]["lr"]}
+            if grad_norm is not None:
+                extra["train/grad_norm"] = float(grad_norm)  # before clipping
+            tracking.log({**{f"train/{method.name}/{k}": v for k, v in logs.items()}, **extra})
         every = cfg.checkpoint_every
         if every and (step + 1) % every == 0 and step + 1 < cfg.steps:
-            _save_on_main(accelerator, ckpt_root, step + 1, model, optimizer, names, cfg)
+            _save_on_main(accelerator, ckpt_root, step + 1, model, optimizer, names, cfg, setup)
     model.eval()
+    check_finite_weights(accelerator.unwrap_model(model), names, result.steps, ckpt_root)
     if accelerator.num_processes > 1:
         _record_rank_agreement(accelerator, model, names, out_dir)
     adapter.denoiser = accelerator.unwrap_model(model)
     setattr(adapter.pipe, adapter.spec.denoiser, adapter.denoiser)
     adapter.denoiser.requires_grad_(False)
     if result.steps < cfg.steps:  # stopped early on purpose: leave a checkpoint to resume from
-        _save_on_main(accelerator, ckpt_root, result.steps, model, optimizer, names, cfg)
+        _save_on_main(accelerator, ckpt_root, result.steps, model, optimizer, names, cfg, setup)
     result.seconds = time.time() - t0
-    if cfg.wandb:
-        accelerator.end_training()
+    if owns_run:
+        tracking.finish()
     return result
 
 
@@ -223,21 +260,117 @@ def lora_name(concept_id: str) -> str:
 
 
 # ---------------------------------------------------------------------- checkpoints
-def latest_checkpoint(root: Path) -> Path | None:
+# A checkpoint folder step-NNNNNNN holds trainable.safetensors, optimizer.safetensors (+ optimizer.json: the
+# optimiser's non-tensor state) and state.json (step, config, identity), written under .tmp-step-* and renamed into
+# place; an old one is renamed to .del-step-* before it is deleted, so a kill mid-deletion leaves no half folder
+# that looks like a checkpoint.
+CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.safetensors", "optimizer.json", "state.json")
+
+
+def run_setup(cfg: TrainConfig, method: FineTuneMethod, identity: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Everything that decides the trained weights, as saved in state.json and compared on resume."""
+    return {"config": _jsonable(asdict(cfg)), "identity": _jsonable({"method": method.name, **dict(identity or {})})}
+
+
+def checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint folders under root, oldest first."""
     if not root.is_dir():
-        return None
-    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+        return []
+    done = [p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name)
+            and all((p / f).is_file() for f in CHECKPOINT_FILES)]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _save_on_main(accelerator, root: Path, step: int, model, optimizer, names: list[str], cfg: TrainConfig) -> None:
+def latest_checkpoint(root: Path) -> Path | None:
+    done = checkpoints(root)
+    return done[-1] if done else None
+
+
+def clean_checkpoints(root: Path) -> list[Path]:
+    """Remove what killed runs leave behind: temporary folders, half-deleted and incomplete checkpoints.
+
+    Only safe while this run holds out_dir (see erase.outdir): no other process is writing here."""
+    if not root.is_dir():
+        return []
+    complete = set(checkpoints(root))
+    stale = [p for p in root.iterdir() if p.is_dir() and p not in complete
+             and (p.name.startswith((".tmp-step-", ".del-step-")) or re.fullmatch(r"step-\d+", p.name))]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return sorted(stale)
+
+
+def resume(root: Path, model, optimizer, setup: Mapping[str, Any], cfg: TrainConfig, say: Callable[[str], None] = print) -> int:
+    """Load the newest usable checkpoint (its step), or 0. Non-finite checkpoints are skipped, with the folder named;
+    one made by a differently configured run is refused (ResumeMismatchError)."""
+    for path in reversed(checkpoints(root)):
+        state = _read_state(path)
+        check_resumable(path, state, setup, cfg)
+        weights, opt = _read_tensors(path)
+        bad = {n: int((~torch.isfinite(t)).sum()) for n, t in {**weights, **opt[0]}.items()
+               if t.is_floating_point() and not torch.isfinite(t).all()}
+        if bad:
+            say(f"checkpoint {path} holds {sum(bad.values())} non-finite values (e.g. in {sorted(bad)[0]}): "
+                "not resuming from it; trying the one before")
+            continue
+        _apply(path, model, optimizer, weights, opt)
+        say(f"resuming from {path} (step {state['step']})")
+        return int(state["step"])
+    return 0
+
+
+def check_resumable(path: Path, state: Mapping[str, Any], setup: Mapping[str, Any], cfg: TrainConfig) -> None:
+    saved = _flat({"train": state.get("config", {}), "run": state.get("identity", {})})
+    now = _flat({"train": setup["config"], "run": setup["identity"]})
+    differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k)
+                    and not (k.startswith("train.") and k.split(".", 1)[1] in RESUMABLE_CHANGES))
+    if differ:
+        shown = "; ".join(f"{k}: {saved.get(k, '(unset)')!r} in the checkpoint, {now.get(k, '(unset)')!r} now"
+                          for k in differ[:8])
+        raise ResumeMismatchError(
+            f"{path.parent} holds checkpoints of a run configured differently ({shown}). Resuming would train with "
+            f"the checkpoint's settings while recording these. Rerun with the checkpoint's settings to resume, or "
+            f"start fresh with another out_dir (or delete {path.parent}). Only "
+            f"{', '.join(sorted('train.' + k for k in RESUMABLE_CHANGES))} may change on resume")
+    step = int(state["step"])
+    if step > cfg.steps:
+        raise ResumeMismatchError(f"{path} is at step {step}, past train.steps={cfg.steps}: steps may grow on "
+                                  f"resume, not shrink. Pass train.steps>={step}, or start fresh with another out_dir")
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_finite_weights(model, names: list[str], step: int, root: Path) -> None:
+    params = dict(model.named_parameters())
+    bad = {n: int((~torch.isfinite(params[n])).sum()) for n in names if not torch.isfinite(params[n]).all()}
+    if bad:
+        last = latest_checkpoint(root)
+        raise NonFiniteLossError(
+            f"{sum(bad.values())} trained weights are NaN/inf after step {step} (e.g. in {sorted(bad)[0]}); "
+            f"no checkpoint or export was written from them"
+            f"{f' (the last good checkpoint is {last})' if last else ''}. Lower the learning rate, use fp32/bf16 "
+            "instead of fp16, or set max_grad_norm")
+
+
+def _save_on_main(accelerator, root: Path, step: int, model, optimizer, names: list[str], cfg: TrainConfig,
+                  setup: Mapping[str, Any]) -> None:
+    check_finite_weights(accelerator.unwrap_model(model), names, step, root)  # every rank: all raise together
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_checkpoint(root, step, accelerator.unwrap_model(model), optimizer, names, cfg)
+        save_checkpoint(root, step, accelerator.unwrap_model(model), optimizer, names, cfg, setup)
     accelerator.wait_for_everyone()
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, names: list[str], cfg: TrainConfig) -> Path:
+def save_checkpoint(root: Path, step: int, model, optimizer, names: list[str], cfg: TrainConfig,
+                    setup: Mapping[str, Any] | None = None) -> Path:
     """Write step-N atomically: everything goes to a temporary folder that is renamed only once complete."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
@@ -246,30 +379,79 @@ def save_checkpoint(root: Path, step: int, model, optimizer, names: list[str], c
     tmp.mkdir()
     state = dict(model.named_parameters())
     save_file({n: state[n].detach().contiguous().cpu() for n in names}, tmp / "trainable.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": _jsonable(asdict(cfg))}, indent=2))
+    tensors, rest = _optimizer_parts(optimizer.state_dict())
+    save_file(tensors, tmp / "optimizer.safetensors")
+    (tmp / "optimizer.json").write_text(json.dumps(rest, indent=1))
+    info = {"step": step, **(setup or {"config": _jsonable(asdict(cfg))})}
+    (tmp / "state.json").write_text(json.dumps(info, indent=2))
     if final.exists():
-        shutil.rmtree(final)
+        _delete(final)
     os.replace(tmp, final)
-    for old in sorted(p for p in root.iterdir() if p.name.startswith("step-"))[: -cfg.keep_checkpoints or None]:
-        shutil.rmtree(old, ignore_errors=True)
+    if cfg.keep_checkpoints:
+        for old in checkpoints(root)[: -cfg.keep_checkpoints]:
+            _delete(old)
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer) -> int:
+def _delete(folder: Path) -> None:
+    doomed = folder.with_name(f".del-{folder.name}-{os.getpid()}")
+    os.replace(folder, doomed)  # atomic: from here on it is no checkpoint, whatever happens to the rmtree
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _optimizer_parts(sd: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimiser state_dict as tensors (safetensors) plus the rest (JSON): no pickle in a checkpoint."""
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{idx}.{k}"] = v.detach().contiguous().cpu()
+            else:
+                plain.setdefault(str(idx), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "state": plain, "ids": [str(i) for i in sd["state"]]}
+
+
+def _optimizer_state(tensors: Mapping[str, torch.Tensor], rest: Mapping[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(i): dict(rest["state"].get(i, {})) for i in rest["ids"]}
+    for key, t in tensors.items():
+        idx, name = key.split(".", 1)
+        state[int(idx)][name] = t
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def _read_state(path: Path) -> dict[str, Any]:
     try:
-        state = json.loads((path / "state.json").read_text())
+        return json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); delete that folder to resume "
+                           "from the one before") from e
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+    try:
         weights = load_file(path / "trainable.safetensors")
-        opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        opt = load_file(path / "optimizer.safetensors"), json.loads((path / "optimizer.json").read_text())
     except Exception as e:  # noqa: BLE001 - any unreadable piece means the same thing to the user
         raise RuntimeError(
             f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); delete that folder to resume from the one before"
         ) from e
+    return weights, opt
+
+
+def _apply(path: Path, model, optimizer, weights, opt) -> None:
     missing = set(weights) - set(dict(model.named_parameters()))
     if missing:
         raise RuntimeError(f"checkpoint {path} has parameters this model lacks (e.g. {sorted(missing)[:3]}): wrong model or method?")
     model.load_state_dict(weights, strict=False)
-    optimizer.load_state_dict(opt)
+    optimizer.load_state_dict(_optimizer_state(*opt))
+
+
+def load_checkpoint(path: Path, model, optimizer) -> int:
+    """Load one checkpoint folder (no checks against a configuration; `resume` does those); returns its step."""
+    state = _read_state(path)
+    weights, opt = _read_tensors(path)
+    _apply(path, model, optimizer, weights, opt)
     return int(state["step"])
 
 

@@ -40,7 +40,26 @@ def test_full_finetune_export_reloads(tmp_path):
     assert n > 0 and torch.allclose(_prediction(fresh), erased, atol=1e-6)
 
     card = res.export.card.read_text()
-    assert "cat" in card and "esd" in card and "base_model_hash" in card
+    assert "cat" in card and "esd" in card
+
+
+def test_export_is_one_hub_folder_with_the_card_beside_model_index(tmp_path):
+    """`from_pretrained(<export>)` works: the card (README.md), model_index.json, the changed weights and the LoRA
+    are in one folder, as a hub repo holds them; no temporary folder is left beside it."""
+    a = DiffusionAdapter(tiny_pipeline("sd1"))
+    a.default_size = 32
+    res = erase(a, {**ESD_FAST, "lora": {"rank": 2}}, CONCEPT, tmp_path)
+    folder = tmp_path / "export"
+    assert res.export.pipeline == folder and res.export.card == folder / "README.md"
+    assert res.export.weights.parent == folder and res.export.lora.parent == folder
+    for name in ("README.md", "model_index.json", "erased_weights.safetensors", "lora", "unet", "text_encoder"):
+        assert (folder / name).exists(), name
+    assert not (folder / "pipeline").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export")) == []
+    reloaded = DiffusionPipeline.from_pretrained(str(folder))
+    assert torch.allclose(_prediction(reloaded), _prediction(a.pipe), atol=1e-5)
+    again = erase(DiffusionAdapter(tiny_pipeline("sd1")), ESD_FAST, CONCEPT, tmp_path)  # a re-export replaces it whole
+    assert again.export.pipeline == folder and (folder / "model_index.json").is_file() and not (folder / "lora").exists()
 
 
 def test_lora_export_loads_with_load_lora_weights(tmp_path):

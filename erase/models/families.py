@@ -212,12 +212,31 @@ _HUB_ID = re.compile(r"[\w][\w.-]*(/[\w][\w.-]*)?")  # "name" or "org/name"
 
 
 def _looks_like_path(path_or_id: str | os.PathLike) -> bool:
-    # On POSIX os.sep == "/" is also the hub's org separator, so "org/name" is taken as a hub id unless it exists.
+    """True for anything that cannot be a hub id: it is then a local path, and a missing one is an error (never
+    a download). On POSIX os.sep == "/" is also the hub's org separator, so exactly "org/name" is a hub id, unless
+    "org" is a local folder (`export/pipeline` typed in a run folder is a mistyped path, not a hub repo)."""
     if isinstance(path_or_id, os.PathLike):
         return True
     s = str(path_or_id)
-    return (s.startswith((".", "/", "~")) or (os.altsep is not None and os.altsep in s) or "\\" in s
-            or s.endswith(_CHECKPOINT_SUFFIXES) or not _HUB_ID.fullmatch(s))
+    if (s.startswith((".", "/", "~")) or (os.altsep is not None and os.altsep in s) or "\\" in s
+            or s.endswith(_CHECKPOINT_SUFFIXES) or not _HUB_ID.fullmatch(s)):
+        return True
+    return "/" in s and Path(s.split("/", 1)[0]).is_dir()
+
+
+def _corrupt_weights(folder: Path) -> list[Path]:
+    """The safetensors files under `folder` whose header cannot be read (truncated or overwritten files)."""
+    from safetensors import safe_open
+
+    bad = []
+    for f in sorted(folder.rglob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    st.get_slice(key)
+        except Exception:  # noqa: BLE001 - any failure to read the file is what we report
+            bad.append(f)
+    return bad
 
 
 def _fetch(repo_id: str, variant: str | None, trust_remote_code: bool) -> Path:
@@ -284,6 +303,12 @@ def load_pipeline(
         pipe = cls.from_pretrained(folder, torch_dtype=torch_dtype, variant=variant, use_safetensors=True,
                                    trust_remote_code=trust_remote_code, **extras)
     except Exception as err:  # missing component folders, .bin-only weights, shape mismatches...
+        if bad := _corrupt_weights(folder):
+            raise ModelLoadError(
+                f"could not load {folder}: {', '.join(str(b) for b in bad)} "
+                f"{'is' if len(bad) == 1 else 'are'} corrupt or truncated ({type(err).__name__}: {err}). If erase "
+                f"exported this folder, export it again (rerun the same erase command); otherwise delete the folder "
+                f"and download or copy it again") from err
         raise ModelLoadError(f"could not load {folder} as {spec.name} ({spec.pipeline_class}): "
                              f"{type(err).__name__}: {err}") from err
     if device is not None:
