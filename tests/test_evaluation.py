@@ -351,3 +351,155 @@ def test_safety_checker_variant(sd1) -> None:
     assert len(images) == 2 and [set(e) for e in extra] == [{"safety_checker_flagged"}] * 2
     assert "ships no safety checker" in SafetyChecker().unavailable(FAMILIES["sdxl"])
     assert "no weights" in SafetyChecker().setup(sd1, FAMILIES["sd1"])
+
+
+# ------------------------------------------------------------------------------------------------ photos: one loader
+
+
+def test_photo_folder_refuses_paths_outside_it(tmp_path: Path) -> None:
+    from erase.photos import read_photo_folder
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    tiny_image(64).save(folder / "good.png")
+    tiny_image(64).save(folder / "sub" / "nested.png")
+    tiny_image(64).save(tmp_path / "outside.png")
+    tiny_mask(64).save(tmp_path / "outside_mask.png")
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "edits", "mask"])
+        w.writerows([("good.png", "", ""), ("sub/../sub/nested.png", "", ""), ("../outside.png", "", ""),
+                     (str(tmp_path / "outside.png"), "", ""), ("good.png", "", "../outside_mask.png")])
+    photos, checker = read_photo_folder(folder, min_size=32)
+    assert [p.id for p in photos] == ["good", "nested"]
+    assert checker.skipped["outside_folder"] == 3  # "../", an absolute path, and a mask leaving the folder
+
+
+def test_an_evaluation_that_measures_nothing_is_an_error(tmp_path: Path) -> None:
+    from erase.evaluation.config import build_suites
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no photos here")
+    with pytest.raises(ValueError, match="no usable photos .*nothing would be measured"):
+        EditSuite.from_folder(empty, [EditSpec("e", "make it blue", "a blue square")])
+    with pytest.raises(ValueError, match="ERASE_PHOTOS.*eval.suites.edits.folder"):
+        build_suites({"edits": {"source": "folder", "folder": "??? set ERASE_PHOTOS to your folder of photos",
+                                "edits_csv": "x.csv"}}, 32)
+    prompts_only = PromptSuite([Prompt("p0", "a red square")])  # an editor has no text-to-image path
+    with pytest.raises(ValueError, match="measure nothing"):
+        evaluate(tiny_pipeline("ip2p"), [prompts_only], FakeDetector(), ["toy"], tmp_path / "out", progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ attacks as items
+
+
+def _write_material(root: Path) -> dict[str, Any]:
+    """The user's attack material as files: concept prompts, forbidden instructions, references, photos + masks."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "prompts.txt").write_text("a red square\na green square\n")
+    (root / "instructions.txt").write_text("make it red\nturn it green\n")
+    refs, photos = root / "refs", root / "photos"
+    refs.mkdir(exist_ok=True)
+    photos.mkdir(exist_ok=True)
+    for i in range(2):
+        tiny_image(32).rotate(90 * i).save(refs / f"ref{i}.png")
+        tiny_image(32).rotate(180 + 90 * i).save(photos / f"photo{i}.png")
+    tiny_mask(32).save(photos / "region.png")
+    with open(photos / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "edits", "mask"])
+        w.writerows([("photo0.png", "", "region.png"), ("photo1.png", "", "region.png")])
+    return {"prompts_file": str(root / "prompts.txt"), "instructions_file": str(root / "instructions.txt"),
+            "references": {"folder": str(refs)}, "photos": {"folder": str(photos), "min_size": 16}}
+
+
+ATTACKS_CFG = [
+    {"name": "unlearndiffatk", "n_prompts": 2, "images": 2, "params": {"k": 1, "iterations": 1, "num_timesteps": 1}},
+    {"name": "photo-inversion", "n_prompts": 1, "images": 2, "params": {"num_steps": 2}},
+]
+
+
+def _attack_suite(adapter: Any, material: dict[str, Any], attacks: Sequence[dict[str, Any]] = ATTACKS_CFG):
+    from erase.evaluation.config import build_attacks
+
+    return build_attacks({"attacks": list(attacks), "attack_material": material}, adapter, None, settings=SETTINGS)
+
+
+def test_interrupted_attack_evaluation_resumes_to_the_same_records(tmp_path: Path) -> None:
+    from erase.models.adapter import DiffusionAdapter
+
+    adapter = DiffusionAdapter(tiny_pipeline("sd1"))
+    material = _write_material(tmp_path / "material")
+    run = dict(detector=FakeDetector(), protocols=["toy"], settings=SETTINGS, batch_size=2, progress=False)
+    clean = evaluate(adapter.pipe, _attack_suite(adapter, material), out_dir=tmp_path / "clean", **run)
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def stop_after_five(record: dict[str, Any]) -> None:
+        seen.append(record["key"])
+        if len(seen) == 5:
+            raise Stop
+
+    out = tmp_path / "resumed"
+    with pytest.raises(Stop):
+        evaluate(adapter.pipe, _attack_suite(adapter, material), out_dir=out, on_record=stop_after_five, **run)
+    resumed = evaluate(adapter.pipe, _attack_suite(adapter, material), out_dir=out, **run)
+    assert (out / "results.jsonl").read_bytes() == (tmp_path / "clean" / "results.jsonl").read_bytes()
+    records = read_records(out / "results.jsonl")
+    assert {r["attack"] for r in records} == {"no-attack", "unlearndiffatk", "photo-inversion"}
+    assert len(records) == 2 * 2 + 2 * 2 + 1 * 2  # unattacked targets x images, then each attack's budget
+    for label in ("no-attack", "unlearndiffatk", "photo-inversion"):
+        rate = resumed["attacks"]["attacks"][label]["toy"]
+        assert rate == clean["attacks"]["attacks"][label]["toy"]
+        assert rate["n"] == sum(r["attack"] == label for r in records) and len(rate["ci95"]) == 2
+
+
+@pytest.mark.parametrize("family", ["sd1", "ip2p", "sd-inpaint"])
+def test_the_same_attack_config_runs_on_every_threat(family: str, tmp_path: Path) -> None:
+    """Text-to-image: the prompt; instruction editor: the forbidden instruction + a photo; inpainting: the
+    prompt + the masked photo. Material comes from files, settings from the eval config."""
+    from erase import registry
+    from erase.evaluation.config import evaluate_adapter
+    from erase.models.adapter import DiffusionAdapter
+
+    registry.register("detector", "test-fake", lambda **_: FakeDetector())
+    adapter = DiffusionAdapter(tiny_pipeline(family))
+    eval_cfg = {"detector": "test-fake", "protocols": ["toy"], "batch_size": 4, "blur": False,
+                "sampling": {"steps": 2, "guidance": 2.0, "height": TINY_SIZE, "width": TINY_SIZE},
+                "attacks": ATTACKS_CFG[:1], "attack_material": _write_material(tmp_path / "material")}
+    result = evaluate_adapter(adapter, eval_cfg, tmp_path / "out", family)
+    records = read_records(tmp_path / "out" / "results.jsonl")
+    path = {"sd1": "t2i", "ip2p": "instruct", "sd-inpaint": "inpaint"}[family]
+    assert {r["path"] for r in records} == {path}
+    assert all(r["settings"]["steps"] == 2 for r in records)
+    attacked = [r for r in records if r["attack"] == "unlearndiffatk"]
+    assert len(attacked) == 4 and all(r["text"] is None for r in attacked)  # the user's text is not copied
+    assert "attack/unlearndiffatk" in result["metrics"] and "attack/no-attack" in result["metrics"]
+    assert result["rates"]["attack/unlearndiffatk/-/toy"]["n"] == 4
+
+
+def test_bad_attack_input_fails_before_any_work(tmp_path: Path) -> None:
+    from erase.evaluation.attack_items import AttackMaterial, AttackSpec, AttackSuite
+    from erase.evaluation.attacks import AttackError
+    from erase.models.adapter import DiffusionAdapter
+
+    with pytest.raises(ValueError, match="images must be a positive integer"):
+        AttackSpec.from_config({"name": "unlearndiffatk", "images": 0})
+    with pytest.raises(ValueError, match="n_prompts must be a positive integer"):
+        AttackSpec.from_config({"name": "unlearndiffatk", "n_prompts": -1})
+    sd1 = DiffusionAdapter(tiny_pipeline("sd1"))
+    with pytest.raises(AttackError, match="reference images"):
+        AttackSuite([{"name": "photo-inversion"}], AttackMaterial(prompts=["a red square"]), sd1)
+    ip2p = DiffusionAdapter(tiny_pipeline("ip2p"))
+    with pytest.raises(AttackError, match="edits photos"):
+        AttackSuite([{"name": "unlearndiffatk"}], AttackMaterial(prompts=["a"], instructions=["make it red"]), ip2p)
+    with pytest.raises(AttackError, match="forbidden edit instructions"):
+        AttackSuite([{"name": "unlearndiffatk"}], AttackMaterial(prompts=["a"], photos=[tiny_image(32)]), ip2p)
+    flux = DiffusionAdapter(tiny_pipeline("flux"))
+    with pytest.raises(AttackError, match="CLIP token embeddings"):
+        AttackSuite([{"name": "unlearndiffatk"}], AttackMaterial(prompts=["a red square"]), flux)
+    assert not any(tmp_path.iterdir())  # nothing was written
