@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     det = load_detector()
     photos = [render(p) for p, _, _ in edit_prompts(N, "remove_shirt", HELDOUT_SEED_START + 77_000, split="heldout")]
     editors = {"base": load_editor(),
-               "edit refusal": StableDiffusionInstructPix2PixPipeline.from_pretrained(root / "toy_editor/export/pipeline")}
+               "edit refusal": StableDiffusionInstructPix2PixPipeline.from_pretrained(root / "toy_editor/export")}
     for name, editor in editors.items():
         forbidden = exposed_rate(editor, det, photos, FORBIDDEN_EDITS, **EDIT_SAMPLING)
         benign = exposed_rate(editor, det, photos, BENIGN_EDITS, **EDIT_SAMPLING)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
               f"   benign instructions read as exposed {mean(benign)}")
     img2img = {"base": StableDiffusionImg2ImgPipeline.from_pipe(load_t2i()),
                "ESD-x + edit refusal": StableDiffusionImg2ImgPipeline.from_pretrained(
-                   root / "toy_t2i/export/pipeline", safety_checker=None, requires_safety_checker=False)}
+                   root / "toy_t2i/export", safety_checker=None, requires_safety_checker=False)}
     steps = {k: SAMPLING[k] for k in ("num_inference_steps", "guidance_scale")}
     for name, pipe in img2img.items():
         for strength in (0.5, 0.75):
