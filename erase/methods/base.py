@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from contextlib import nullcontext
+from typing import ClassVar, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from erase.concept import Concept
 from erase.models.adapter import Conditioning, DiffusionAdapter, ImageCondition
@@ -61,48 +63,89 @@ class ClosedFormMethod(Method):
 
 
 class Original:
-    """The model before erasure, for targets and trajectories.
+    """The model before erasure, for targets, trajectories and attacks: one wrapper for training and evaluation.
 
-    With LoRA the base weights are untouched, so the original is the same network with adapters switched off
-    (no second copy in memory); for full fine-tuning it is a frozen deep copy.
+    No second copy of the network is kept. With LoRA the base weights are untouched, so the original is the same
+    network with adapters switched off. For full fine-tuning only the parameters that train are kept, as they were
+    (`saved`, in their own dtype and device), and a frozen call swaps them in for that call
+    (`torch.func.functional_call`): a denoiser whose cross-attention trains costs the cross-attention once more,
+    not the whole network. Construct it after the trained parameters are chosen (`requires_grad`).
+
+    `frozen` is what an earlier stage left: a mapping name -> tensor of the denoiser's parameters before the first
+    stage (see `parameters_before`; the parameters this stage trains that it lacks are still at their base values
+    and are saved now), or a separate frozen denoiser module.
     """
 
-    def __init__(self, adapter: DiffusionAdapter, lora: bool, frozen: nn.Module | None = None):
-        self.adapter = adapter
-        # `frozen` is given when a later stage must compare against the model before the first stage
-        self.frozen = frozen if frozen is not None else (None if lora else adapter.frozen_copy())
+    def __init__(self, adapter: DiffusionAdapter, lora: bool, frozen: nn.Module | Mapping[str, Tensor] | None = None):
+        self.adapter, self.lora = adapter, lora
+        self.module: nn.Module | None = frozen if isinstance(frozen, nn.Module) else None
+        self.saved: dict[str, Tensor] = {}
+        if self.module is None:
+            earlier = dict(frozen or {})
+            live = dict(adapter.denoiser.named_parameters())
+            now = {} if lora else {n: p.detach().clone() for n, p in live.items() if p.requires_grad and n not in earlier}
+            by_base_name = {n.replace(".base_layer", ""): n for n in live}  # peft renames the layers it wraps
+            moved = {by_base_name[n]: v.to(live[by_base_name[n]].device, live[by_base_name[n]].dtype)
+                     for n, v in earlier.items() if n in by_base_name}
+            self.saved = {**moved, **now}
+
+    @property
+    def frozen(self) -> nn.Module:
+        """A module usable as `denoiser=` that computes the original model (alias of `denoiser()`)."""
+        return self.denoiser()
 
     @torch.no_grad()
     def predict(self, x_t: Tensor, t: Tensor, cond: Conditioning, image: ImageCondition | None = None) -> Tensor:
-        if self.frozen is not None:
-            return self.adapter.predict(x_t, t, cond, image, denoiser=self.frozen)
-        net = self.adapter.denoiser
-        net.disable_adapters()
-        try:
-            return self.adapter.predict(x_t, t, cond, image)
-        finally:
-            net.enable_adapters()
+        return self.adapter.predict(x_t, t, cond, image, denoiser=self.denoiser())
 
     def denoiser(self) -> nn.Module:
-        """A module usable as `denoiser=` for sampling (the frozen copy, or the live one for LoRA: callers
-        sampling with it must wrap the call in `adapters_off()`)."""
-        return self.frozen if self.frozen is not None else self.adapter.denoiser
+        """A module usable as `denoiser=` for prediction and sampling, whatever the current weights are."""
+        if self.module is not None:
+            return self.module
+        return _Swapped(self.adapter.denoiser, self.saved, adapters_off=self.lora)
 
     def adapters_off(self):
-        return _AdaptersOff(self.adapter.denoiser if self.frozen is None else None)
+        """Kept for callers that wrap sampling in it; `denoiser()` already switches LoRA adapters off."""
+        return nullcontext()
 
 
-class _AdaptersOff:
-    def __init__(self, net):
-        self.net = net
+class _Swapped(nn.Module):
+    """The live denoiser with the saved original parameters swapped in (and LoRA adapters off) for each call.
+    Holds no parameters of its own, so it is never trained or moved by accident."""
 
-    def __enter__(self):
-        if self.net is not None:
-            self.net.disable_adapters()
+    def __init__(self, net: nn.Module, saved: Mapping[str, Tensor], adapters_off: bool):
+        super().__init__()
+        object.__setattr__(self, "_net", net)  # not a submodule: its parameters stay the live model's
+        self._saved, self._off = dict(saved), adapters_off
 
-    def __exit__(self, *exc):
-        if self.net is not None:
-            self.net.enable_adapters()
+    @property
+    def config(self):
+        return self._net.config
+
+    def forward(self, *args, **kwargs):
+        net = self._net
+        if self._off:
+            net.disable_adapters()
+        try:
+            if not self._saved:
+                return net(*args, **kwargs)
+            return functional_call(net, self._saved, args, kwargs, strict=False, tie_weights=True)
+        finally:
+            if self._off:
+                net.enable_adapters()
+
+
+def parameters_changed_by(adapter: DiffusionAdapter, methods: Iterable[Method]) -> set[str]:
+    """Names of the denoiser parameters the methods can change: each fine-tuning method trains inside its module
+    group (a LoRA fused on export changes the weights of its group's layers); a method without a group (closed
+    form) counts as changing all of them."""
+    return set().union(*(adapter.module_group(getattr(m, "group", "all")) for m in methods))
+
+
+def parameters_before(adapter: DiffusionAdapter, names: Iterable[str]) -> dict[str, Tensor]:
+    """Copies of the named denoiser parameters: the original weights a staged run's later stages compare with."""
+    names = set(names)
+    return {n: p.detach().clone() for n, p in adapter.denoiser.named_parameters() if n in names}
 
 
 class FineTuneMethod(Method):
