@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -26,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from erase.serial import to_jsonable as _jsonable
 from erase.concept import Concept
 from erase.methods.base import FineTuneMethod, NonFiniteLossError, Original, derived_generator
 from erase.models.adapter import DiffusionAdapter
@@ -453,13 +453,3 @@ def load_checkpoint(path: Path, model, optimizer) -> int:
     weights, opt = _read_tensors(path)
     _apply(path, model, optimizer, weights, opt)
     return int(state["step"])
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return x if isinstance(x, (str, int, float, bool, type(None))) else str(x)

@@ -191,8 +191,8 @@ class AttackSuite(Suite):
             prompts=[self._text(path, i)],
             images=[fit(m.references[i % len(m.references)].convert("RGB"), square)] if m.references else None,
             original=self.original,
-            neutral_prompts=[m.neutral_prompts[i % len(m.neutral_prompts)]] if m.neutral_prompts and path == "t2i"
-            else [],
+            neutral_prompts=_paired(m.neutral_prompts if path not in ("instruct", "kontext") else
+                                    m.benign_instructions, i),  # Ring-A-Bell's concept-free pair
             photo=None if photo is None else [fit(photo.convert("RGB"), square)],
             mask=None if mask is None or path != "inpaint" else [fit(mask.convert("L"), square, mask=True)],
             benign_prompts=list(m.benign_instructions if path in ("instruct", "kontext") else m.benign_prompts),
@@ -382,6 +382,10 @@ class AttackSuite(Suite):
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _paired(texts: Sequence[str], i: int) -> list[str]:
+    return [str(texts[i % len(texts)])] if texts else []
 
 
 def _settings_of(res: Any) -> dict[str, Any]:

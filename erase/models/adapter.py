@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from erase.models.sizes import native_size
 from erase.models.families import FamilySpec, ModelLoadError, family_of
 
 MODULE_GROUPS = ("xattn-kv", "xattn", "self-attn", "non-xattn", "all")
@@ -190,9 +191,7 @@ class DiffusionAdapter:
 
     def _native_size(self) -> int:
         """Pixel size the pipeline generates by default (settable: tiny test models run at 32 px)."""
-        if self.spec.architecture == "unet":
-            return int(self.denoiser.config.sample_size) * self.latent_factor
-        return int(getattr(self.pipe, "default_sample_size", 64)) * self.latent_factor
+        return native_size(self.pipe)
 
     def encode_images(self, images: Tensor) -> Tensor:
         """Photos in [-1, 1], (B, 3, H, W) -> latents in the denoiser's space (VAE mean, shifted and scaled)."""

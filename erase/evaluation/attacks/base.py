@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from erase.serial import to_jsonable as _jsonable
 from erase.methods.base import Original, text_only_image_condition
 from erase.models.adapter import Conditioning, DiffusionAdapter, ImageCondition
 
@@ -191,18 +192,6 @@ class AttackResult:
             d["delta_params"] = len(self.weights_delta)
         d.update(_jsonable(self.info))
         return d
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, Tensor):
-        return x.item() if x.numel() == 1 else x.tolist()
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    return x
 
 
 # ---------------------------------------------------------------------------------------------------------- attack
