@@ -208,6 +208,14 @@ def loading_snippets(card: Mapping[str, Any], files: Mapping[str, str | None]) -
     return snippets
 
 
+def _known_attacks() -> list[str]:
+    try:
+        from erase.evaluation.attacks import ATTACKS
+    except ImportError:  # pragma: no cover - attacks need optional pieces
+        return []
+    return sorted(ATTACKS)
+
+
 def _rel(path: Path | None, folder: Path) -> str | None:
     if path is None or not path.exists():
         return None
@@ -245,7 +253,10 @@ def render_card(card: Mapping[str, Any], files: Mapping[str, str | None]) -> str
              "with the measured leakage below. Evaluate it on your own suites before relying on it.", "",
              "## Limitations: what it does not protect against", ""]
     lines += [f"- {text}" for text in LIMITATIONS]
-    not_run = (card.get("evaluation") or {}).get("attacks_not_run") or []
+    evaluation = card.get("evaluation") or {}
+    not_run = evaluation.get("attacks_not_run") or [] if evaluation else _known_attacks()
+    if not evaluation:
+        lines.append("- This export was not evaluated: no leakage number covers it yet.")
     if not_run:
         lines.append("- Not attacked here: " + ", ".join(f"`{a}`" for a in not_run) + ".")
     lines += ["", "## Evaluation", "", evaluation_markdown(card.get("evaluation") or {})]
