@@ -31,21 +31,68 @@ def test_every_config_composes(group):
 
 
 def test_erase_task_writes_config_and_checkpoint(tmp_path):
-    cfg = _cfg(["model=tiny_sd1", "concept=toy_exposed", "eval=none", "task=erase", "cpu=true", f"out_dir={tmp_path}", *FAST])
+    cfg = _cfg(["model=tiny_sd1", "method=esd_u", "concept=toy_exposed", "eval=none", "task=erase", "cpu=true",
+                f"out_dir={tmp_path}", *FAST])
     cfg.concept.prompts = ["a cat"]  # words the tiny random model's byte-level tokenizer knows
     summary = run_task(cfg)
     assert (tmp_path / "config.yaml").is_file() and "method" in (tmp_path / "config.yaml").read_text()
     assert (tmp_path / "export" / "pipeline" / "model_index.json").is_file()
     assert (tmp_path / "export" / "erased_weights.safetensors").is_file()
     assert summary["erasure"]["stats"]["steps"] == 2
+    assert summary["method"] == "esd-u"  # the run is named after the variant it ran, not "esd"
 
 
 def test_method_family_mismatch_refused_before_work(tmp_path):
-    cfg = _cfg(["model=tiny_flux", "method=adversarial", "eval=none", "task=erase", "cpu=true", f"out_dir={tmp_path}"])
+    cfg = _cfg(["model=tiny_flux", "method=adversarial", "method.params.attack=prefix", "eval=none", "task=erase",
+                "cpu=true", f"out_dir={tmp_path}"])
     cfg.concept.prompts = ["a cat"]
-    with pytest.raises(MethodError, match="single CLIP"):
+    with pytest.raises(MethodError, match=r"single CLIP.*use method\.params\.attack=embedding"):
         run_task(cfg)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_adversarial_picks_the_attack_that_works_for_the_family():
+    from erase.methods import build_method
+    from erase.models.families import get_family
+
+    method = build_method("adversarial", {"attack": "auto"})
+    method.check(get_family("flux"))  # two text encoders: no refusal, the embedding attack
+    assert method.attack_for(get_family("flux")) == "embedding" and method.attack_for(get_family("sd1")) == "prefix"
+
+
+def _cli(args, cwd, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "erase.cli", *args], cwd=cwd, capture_output=True, text=True,
+                         timeout=timeout, env=env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    return run
+
+
+def test_sweep_over_a_closed_form_and_a_fine_tuning_method(tmp_path):
+    """`erase -m method=uce,esd_x method.train.steps=3`: UCE carries the shared train block (ignored), so the sweep
+    composes; each job lands in <sweep dir>/<n>-<label> with its Hydra files, none in the working directory."""
+    work = tmp_path / "work"
+    work.mkdir()
+    sweep = tmp_path / "sweep"
+    _cli(["-m", "method=uce,esd_x", "method.train.steps=3", "method.train.checkpoint_every=0", "model=tiny_sd1",
+          "eval=none", "task=erase", "cpu=true", "export=false", "concept.prompts=[a cat]", f"hydra.sweep.dir={sweep}"],
+         cwd=work)
+    jobs = {p.name: json.loads((p / "summary.json").read_text()) for p in sweep.iterdir() if p.is_dir()}
+    assert set(jobs) == {"0-uce", "1-esd-x"}, sorted(jobs)
+    assert jobs["0-uce"]["method"] == "uce" and jobs["1-esd-x"]["method"] == "esd-x"
+    assert jobs["1-esd-x"]["erasure"]["stats"]["steps"] == 3
+    assert (sweep / "1-esd-x" / ".hydra" / "config.yaml").is_file()
+    assert list(work.iterdir()) == []
+
+
+def test_hydra_run_folder_is_out_dir(tmp_path):
+    """Hydra's own files (.hydra/, the log) go to the run's out_dir when one is given, else the dated default."""
+    with initialize_config_dir(str(CONFIGS), version_base=None):
+        given = compose("config", overrides=[f"out_dir={tmp_path}/run"], return_hydra_config=True)
+        default = compose("config", overrides=["method=uce"], return_hydra_config=True)
+    assert given.hydra.run.dir == f"{tmp_path}/run"
+    assert default.hydra.run.dir.startswith("outputs/") and default.hydra.run.dir.endswith("-uce")
+    assert given.hydra.sweep.dir == f"{tmp_path}/run"  # a sweep given out_dir puts its jobs under it
 
 
 def test_two_process_accelerate_launch_ranks_agree(tmp_path):
