@@ -209,6 +209,46 @@ def test_two_concurrent_runs_into_one_out_dir_one_succeeds(tmp_path):
     assert sorted(first) == ["refused", "won"]
 
 
+_TRAINER = textwrap.dedent("""
+    import sys
+    from erase.concept import Concept
+    from erase.models.adapter import DiffusionAdapter
+    from erase.models.tiny import tiny_pipeline
+    from erase.run import erase
+    a = DiffusionAdapter(tiny_pipeline("sd1"))
+    a.default_size = 32
+    erase(a, {"name": "esd", "params": {"variant": "esd-x", "num_steps": 3, "trajectories": 2, "refresh_every": 2},
+              "train": {"steps": 40, "lr": 1e-2, "cpu": True, "checkpoint_every": 1}},
+          Concept(id="cat", prompts=["a cat"], anchor="a dog", preserve=["a bird"]), sys.argv[1])
+""")
+
+
+def test_a_run_killed_mid_training_is_resumed_by_the_next_one(tmp_path, capsys):
+    """kill -9 during training: the next run takes over the dead run's lock, and resumes from a complete checkpoint."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    p = subprocess.Popen([sys.executable, "-c", _TRAINER, str(tmp_path)], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(3000):  # wait (bounded) for the second checkpoint, then kill wherever it is
+            if (tmp_path / "checkpoints" / "step-0000002").is_dir() or p.poll() is not None:
+                break
+            try:
+                p.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                pass
+        assert p.poll() is None, "the training subprocess ended before it could be killed"
+        assert (tmp_path / LOCK_NAME).exists()
+    finally:
+        p.kill()
+        p.wait(timeout=60)
+    run = {**ESD_FAST, "train": {"steps": 40, "lr": 1e-2, "cpu": True, "checkpoint_every": 1, "stop_after": 1}}
+    result = erase(tiny_adapter(), run, CONCEPT, tmp_path)
+    said = capsys.readouterr().out
+    resumed = int(said.split("(step ")[1].split(")")[0])
+    assert resumed >= 2 and result.stats["steps"] == resumed + 1 and result.unfinished
+    assert all(not p.name.startswith(".") for p in (tmp_path / "checkpoints").iterdir())
+
+
 def test_export_temporaries_are_unique_per_process(tmp_path, monkeypatch):
     a = tiny_adapter()
     before = snapshot(a)
