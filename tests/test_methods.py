@@ -296,3 +296,17 @@ def test_original_keeps_only_the_trained_parameters_and_still_predicts_the_model
             p.add_(0.05 * torch.randn_like(p))
         assert not torch.allclose(a.predict(x, t, cond), before, atol=1e-4)
     assert torch.allclose(original.predict(x, t, cond), before, atol=1e-6)
+
+
+def test_checkpointing_defaults_on_for_real_sizes_and_8bit_adam_needs_a_gpu(tmp_path, monkeypatch):
+    import erase.training as training
+
+    a = tiny_adapter("sd1")
+    train(ESD(**FAST_ESD), a, CONCEPT, cfg(steps=1), tmp_path / "tiny")
+    assert not a.denoiser.is_gradient_checkpointing, "a tiny model only loses time to checkpointing"
+    monkeypatch.setattr(training, "REAL_SIZE", 1)  # as if the tiny UNet were real-size
+    b = tiny_adapter("sd1")
+    train(ESD(**FAST_ESD), b, CONCEPT, cfg(steps=1), tmp_path / "real")
+    assert b.denoiser.is_gradient_checkpointing
+    with pytest.raises(ValueError, match="adamw8bit needs a CUDA GPU"):
+        train(ESD(**FAST_ESD), tiny_adapter("sd1"), CONCEPT, cfg(optimizer="adamw8bit"), tmp_path / "8bit")
