@@ -7,8 +7,10 @@ Every run writes its resolved config beside its outputs (config.yaml), so it can
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,15 +21,26 @@ from erase.concept import Concept
 from erase.configs import CONFIGS, check_config  # also registers the class defaults and resolvers the YAML uses
 from erase.evaluation.config import evaluate_adapter
 from erase.methods import method_label
-from erase.run import erase, export_erased, load_model
+from erase.outdir import is_main_rank, locked_out_dir, prepare_out_dir
+from erase.run import check_method_config, concept_hash, erase, export_erased, family_from_config, load_model
 
 log = logging.getLogger("erase")
 
 
 def run_task(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)  # a key nothing reads (a typo) is refused, naming the valid keys, before any file is written
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_dir(cfg.out_dir)
+    # One run per out_dir (rank 0 of a launch holds it for all ranks): a second run is refused, naming the holder.
+    with locked_out_dir(out) if is_main_rank() else nullcontext(out):
+        try:
+            return _run_task(cfg, out)
+        finally:
+            from erase import tracking
+
+            tracking.finish()  # the run's wandb files are complete even when the run failed
+
+
+def _run_task(cfg: DictConfig, out: Path) -> dict[str, Any]:
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     if cfg.task == "leaderboard":
         return leaderboard(Path(cfg.runs_dir or out.parent), out)
@@ -38,36 +51,102 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
     concept = Concept.from_config(OmegaConf.to_container(cfg.concept, resolve=True))
     eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
+    if cfg.task != "evaluate":  # refuse a method that cannot run on this family before the model is built
+        check_method_config(method_cfg, family_from_config(model))
     from accelerate import PartialState
 
     state = PartialState(cpu=bool(cfg.cpu))  # one process, or this rank of `accelerate launch`
+    from erase.launch import check_launch
+
+    check_launch(state.num_processes)  # `accelerate launch --cpu --num_processes 2` starts one: refuse it
+    if cfg.wandb and state.is_main_process:  # one run for everything below (erase.tracking); offline by default
+        from erase import tracking
+        from erase.card import concept_provenance
+
+        tracking.start(out, config={"model": model, "method": method_cfg, "eval": eval_cfg.get("name"), "seed": cfg.seed,
+                                    "concept": concept_provenance(OmegaConf.to_container(cfg.concept, resolve=True))},
+                       name=out.name)
     adapter = load_model(model, cfg.precision, str(state.device))
     summary: dict[str, Any] = {"model": model["name"], "method": method_label(method_cfg), "method_name": method_cfg["name"],
                                "concept": concept.id}
 
-    evaluating = cfg.task in ("evaluate", "erase_and_eval") and eval_cfg.get("suites")
+    if cfg.task == "evaluate":  # the model as given (an export, any folder): its own results, under out_dir
+        summary["model_path"] = str(model["path"])
+        summary["evaluation"] = evaluate_adapter(adapter, eval_cfg, out / "eval", str(model["path"]), concept,
+                                                 wandb=cfg.wandb, baselines=True)
+        return _finish(summary, out)
+    evaluating = cfg.task == "erase_and_eval" and eval_cfg.get("suites")
+    base_dir = base_eval_dir(eval_cfg, adapter, concept, model, out) if evaluating else None
     if evaluating:
-        base_dir = Path(eval_cfg.get("base_cache") or out / "eval-base")
         summary["base"] = evaluate_adapter(adapter, eval_cfg, base_dir, f"{model['name']} (base)", concept,
                                            wandb=cfg.wandb, baselines=True)
-    if cfg.task == "evaluate":
-        return _finish(summary, out)
 
     original = adapter.frozen_copy() if evaluating and eval_cfg.get("attacks") else None  # P4D needs the model before
     result = erase(adapter, method_cfg, concept, out, seed=cfg.seed, do_export=False, cpu=bool(cfg.cpu), wandb=bool(cfg.wandb))
     summary["erasure"] = {"stats": result.stats, "seconds": round(result.seconds, 1)}
-    card: dict[str, Any] = {"base_model": model["path"]}
+    if result.unfinished:  # stopped on purpose (stop_after): no evaluation or export of half-trained weights
+        summary["unfinished"] = result.unfinished
+        return _finish(summary, out)
+    card = _card_info(cfg, model, adapter)
     if evaluating:
         erased = evaluate_adapter(adapter, eval_cfg, out / "eval-erased", f"{model['name']} - {summary['method']}", concept,
                                   wandb=cfg.wandb, original=original)
         summary["erased"] = erased
-        card["evaluation_markdown"] = comparison_markdown(summary)
     if not state.is_main_process:
         return summary  # rank 0 writes the checkpoint, the card and the summary
+    if evaluating:  # one page: base (and baselines) and erased side by side; its numbers go into the card
+        from erase.report.runs import edit_panels, photo_lookup, run_columns, write_run_report
+
+        meta = {"model": model["name"], "path": str(model["path"]), "family": adapter.family,
+                "method": summary["method"], "concept": concept.id, "seed": cfg.seed,
+                "erasure": f"{summary['erasure']['seconds']} s"}
+        page, summary["comparison"] = write_run_report(
+            out, run_columns(base_dir, out / "eval-erased"), meta,
+            f"{model['name']}: {summary['method']} erasing {concept.id}", photo_lookup(eval_cfg, adapter))
+        summary["report"] = str(page)
+        card["evaluation"] = summary["comparison"]
+        if cfg.wandb:
+            from erase import tracking
+
+            columns = run_columns(base_dir, out / "eval-erased")
+            tracking.log_evaluation(summary["comparison"], edit_panels(columns, photo_lookup(eval_cfg, adapter)))
     if cfg.export:
         paths = export_erased(adapter, result, out / "export", card)
         summary["export"] = {k: str(v) for k, v in vars(paths).items() if v is not None}
     return _finish(summary, out)
+
+
+def base_eval_dir(eval_cfg: Mapping[str, Any], adapter, concept: Concept, model: Mapping[str, Any], out: Path) -> Path:
+    """Where the base model's evaluation lives: out_dir/eval-base, or with `eval.base_cache` a folder under it keyed
+    by the model's weights (fingerprint) and the evaluation settings, so any run of the same model and settings
+    reuses it and nothing else (another model, an export, other settings) ever lands in it."""
+    root = eval_cfg.get("base_cache")
+    if not root:
+        return out / "eval-base"
+    from erase.evaluation.harness import model_fingerprint
+
+    settings = {k: v for k, v in eval_cfg.items() if k not in ("base_cache", "name")}
+    blob = json.dumps({"eval": settings, "concept": concept_hash(concept)}, sort_keys=True, default=str)
+    key = f"{model_fingerprint(adapter.pipe, adapter.spec)}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    folder = Path(str(root)).expanduser() / key
+    folder.mkdir(parents=True, exist_ok=True)
+    about = folder / "cache_key.json"  # for people browsing the cache: which model and settings this is
+    if not about.exists():
+        about.write_text(json.dumps({"model": model.get("name"), "path": str(model.get("path")),
+                                     "family": adapter.family, "eval": eval_cfg.get("name")}, indent=2))
+    return folder
+
+
+def _card_info(cfg: DictConfig, model: Mapping[str, Any], adapter) -> dict[str, Any]:
+    """What the model card needs beyond the erasure itself: the base (a loadable path for aliases such as
+    toy:t2i), its editing route (pipeline_tag), and the concept as path + sha256 of its phrasings, never their text."""
+    from erase.card import concept_provenance
+    from erase.run import resolve_model_path
+
+    path = str(model["path"])
+    base = path if path.startswith("tiny:") else resolve_model_path(path)[0]
+    return {"base_model": base, "model_config": dict(model), "editing": adapter.spec.editing,
+            "concept_provenance": concept_provenance(OmegaConf.to_container(cfg.concept, resolve=True))}
 
 
 def comparison_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -95,41 +174,47 @@ def _pct(x, signed: bool = False) -> str:
 
 def _finish(summary: dict[str, Any], out: Path) -> dict[str, Any]:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    rows = comparison_rows(summary)
+    from erase.report.runs import terminal_table
+
+    rows = [] if summary.get("comparison") else comparison_rows(summary)
+    if table := terminal_table(summary.get("comparison") or {}):
+        print("\n" + table)
     if rows:
         width = max(len(r["metric"]) for r in rows)
         print(f"\n{'metric':<{width}}  {'base':>8}  {'erased':>8}  {'change':>8}")
         for r in rows:
             print(f"{r['metric']:<{width}}  {r['base']:>8}  {r['erased']:>8}  {r['change']:>8}")
+    if ev := summary.get("evaluation"):
+        for key, value in sorted(ev.get("metrics", {}).items()):
+            print(f"{key}: {_pct(value)}")
+        if ev.get("report"):
+            print(f"report: {ev['report']}")
     if er := summary.get("erasure"):
         stats = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in er["stats"].items())
         print(f"erased {summary['concept']!r} from {summary['model']} with {summary['method']} in {er['seconds']} s ({stats})")
+    if msg := summary.get("unfinished"):
+        print(msg)
     if ex := summary.get("export"):
         print(f"hardened checkpoint: {ex.get('pipeline')} (card: {ex.get('card')})")
-    for name in ("base", "erased"):
-        if page := summary.get(name, {}).get("report"):
-            print(f"report ({name}): {page}")
+    if summary.get("report"):
+        print(f"report (base and erased side by side): {summary['report']}")
+    else:
+        for name in ("base", "erased"):
+            if page := summary.get(name, {}).get("report"):
+                print(f"report ({name}): {page}")
     print(f"outputs: {out}")
     return summary
 
 
 def leaderboard(runs_dir: Path, out: Path) -> dict[str, Any]:
-    """Compare every finished run under runs_dir: leakage against utility, one row per run."""
-    from erase.report import render_leaderboard
+    """Compare every finished run under runs_dir: one ranking per base model and suite set (erase.report.leaderboard)."""
+    from erase.report.leaderboard import write_leaderboard
 
-    runs = []
-    for f in sorted(runs_dir.rglob("summary.json")):
-        s = json.loads(f.read_text())
-        if "erased" not in s:
-            continue
-        m = s["erased"].get("metrics", {})
-        runs.append({"name": f"{s['method']} ({f.parent.name})", "leakage": m.get("leakage"), "utility": m.get("utility"),
-                     **{k: v for k, v in m.items() if k not in ("leakage", "utility")}})
-    if not runs:
-        raise FileNotFoundError(f"no finished runs (summary.json with an erased evaluation) under {runs_dir}")
-    page = render_leaderboard(runs, out / "leaderboard.html")
-    print(f"leaderboard of {len(runs)} runs: {page}")
-    return {"runs": runs, "page": str(page)}
+    result = write_leaderboard(runs_dir, out)
+    n = sum(len([e for e in g.entries if not e.reference]) for g in result["groups"])
+    print(f"leaderboard of {n} runs in {len(result['groups'])} group(s): {result['page']} "
+          f"(also {result['csv']}, {result['markdown']})")
+    return result
 
 
 @hydra.main(version_base=None, config_path=str(CONFIGS), config_name="config")
