@@ -22,7 +22,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from safetensors.torch import save
@@ -44,14 +44,28 @@ class ExportPaths:
     weights_sha256: str = ""
 
 
-def snapshot(adapter: DiffusionAdapter) -> dict[str, torch.Tensor]:
-    """CPU copies of every weight in the pipeline's modules (keys prefixed by component), to diff against later."""
+def snapshot(adapter: DiffusionAdapter, denoiser_names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """CPU copies of the weights to diff against later (keys prefixed by component): every weight of every module,
+    or only the named denoiser parameters (what erasure can change: `parameters_changed_by`), which for a 12B
+    denoiser whose cross-attention trains is the difference between tens of GB and a few hundred MB."""
+    if denoiser_names is not None:
+        names, prefix = set(denoiser_names), adapter.spec.denoiser
+        return {f"{prefix}.{k}": v.detach().cpu().clone() for k, v in adapter.denoiser.state_dict().items() if k in names}
     return {f"{c}.{k}": v.detach().cpu().clone() for c, m in adapter.modules().items() for k, v in m.state_dict().items()}
 
 
 def changed_weights(adapter: DiffusionAdapter, before: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    after = snapshot(adapter)
-    return {k: v for k, v in after.items() if k in before and not torch.equal(v, before[k])}
+    """The tensors of `before` whose current value differs, as they are now (one tensor copied at a time)."""
+    modules, changed = adapter.modules(), {}
+    states = {c: modules[c].state_dict() for c in {k.split(".", 1)[0] for k in before} if c in modules}
+    for key, old in before.items():
+        component, name = key.split(".", 1)
+        now = states.get(component, {}).get(name)
+        if now is not None:
+            now = now.detach().cpu()
+            if not torch.equal(now, old):
+                changed[key] = now.clone()
+    return changed
 
 
 def model_hash(adapter: DiffusionAdapter) -> str:

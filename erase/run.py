@@ -14,6 +14,7 @@ import torch
 from erase.concept import Concept, check_tokenizes
 from erase.export import ExportPaths, export, model_hash, snapshot
 from erase.methods import ClosedFormMethod, FineTuneMethod, Method, build_method, method_label, stage_list
+from erase.methods.base import parameters_before, parameters_changed_by
 from erase.models.adapter import DiffusionAdapter
 from erase.models.families import FamilySpec, ModelLoadError, detect_family, get_family, load_pipeline
 from erase.outdir import is_main_rank, locked_out_dir
@@ -134,8 +135,10 @@ def erase(
 
 
 def _erase(adapter, method_cfg, stages, methods, concept, out_dir: Path, seed, do_export, card, train_overrides):
-    result = ErasureResult(method_label(method_cfg), concept, method_cfg, before=snapshot(adapter), base_hash=model_hash(adapter))
-    base = adapter.frozen_copy() if len(stages) > 1 else None
+    changeable = parameters_changed_by(adapter, methods)  # only these are copied: for export's diff, later stages
+    result = ErasureResult(method_label(method_cfg), concept, method_cfg, before=snapshot(adapter, changeable),
+                           base_hash=model_hash(adapter))
+    base = parameters_before(adapter, changeable) if len(stages) > 1 else None
     t0 = time.time()
     for i, (stage, method) in enumerate(zip(stages, methods)):
         stage_dir = out_dir if len(stages) == 1 else out_dir / f"stage-{i}-{stage['name']}"

@@ -47,7 +47,8 @@ class TrainConfig:
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None  # None: on for real-size denoisers (REAL_SIZE), off for tiny/toy ones
+    optimizer: str = "adamw"  # "adamw" | "adamw8bit" (bitsandbytes: the GPU extra, CUDA only)
     attention: str = "sdpa"  # "sdpa" (torch) | "xformers" | "default"
     checkpoint_every: int = 0  # steps; 0 = only at the end
     keep_checkpoints: int = 2  # newest checkpoints kept; 0 = keep all
@@ -131,7 +132,7 @@ def train(
     method.micro_batches, method.rank = cfg.grad_accum, accelerator.process_index  # for methods drawing from a pool
     method.setup(adapter, concept, Original(adapter, lora=cfg.lora is not None, frozen=original), cfg.seed)
 
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params, cfg, accelerator.device)
     model, optimizer = accelerator.prepare(adapter.denoiser, optimizer)
 
     setup = run_setup(cfg, method, identity)
@@ -217,9 +218,33 @@ def _record_rank_agreement(accelerator, model, names: list[str], out_dir: Path) 
     )
 
 
+OPTIMIZERS = ("adamw", "adamw8bit")
+REAL_SIZE = 100_000_000  # denoiser parameters from which checkpointing is on by default (SD1.5's UNet has 860M)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' 8-bit AdamW (optimiser state in 8 bits: 2 bytes per trained parameter instead of 8)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer != "adamw8bit":
+        raise ValueError(f"train.optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
+    if torch.device(device).type != "cuda":
+        raise ValueError(f"train.optimizer=adamw8bit needs a CUDA GPU (bitsandbytes), but training runs on {device}: "
+                         "use train.optimizer=adamw on this machine")
+    try:
+        import bitsandbytes as bnb
+    except ImportError as e:
+        raise ImportError("train.optimizer=adamw8bit needs bitsandbytes, in the GPU extra: pip install 'erase[gpu]'") from e
+    return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def _configure_denoiser(adapter: DiffusionAdapter, cfg: TrainConfig) -> None:
     net = adapter.denoiser
-    if cfg.gradient_checkpointing:
+    checkpointing = cfg.gradient_checkpointing
+    if checkpointing is None:  # real families: activations dominate memory; tiny and toy ones only lose time
+        checkpointing = sum(p.numel() for p in net.parameters()) >= REAL_SIZE
+        checkpointing = checkpointing and getattr(net, "_supports_gradient_checkpointing", False)
+    if checkpointing:
         if not getattr(net, "_supports_gradient_checkpointing", False):
             raise ValueError(f"{type(net).__name__} does not support gradient checkpointing")
         net.enable_gradient_checkpointing()
