@@ -496,7 +496,8 @@ def test_bad_attack_input_fails_before_any_work(tmp_path: Path) -> None:
         AttackSuite([{"name": "photo-inversion"}], AttackMaterial(prompts=["a red square"]), sd1)
     ip2p = DiffusionAdapter(tiny_pipeline("ip2p"))
     with pytest.raises(AttackError, match="edits photos"):
-        AttackSuite([{"name": "unlearndiffatk"}], AttackMaterial(prompts=["a"], instructions=["make it red"]), ip2p)
+        AttackSuite([{"name": "unlearndiffatk"}],
+                    AttackMaterial(prompts=["a"], instructions=["make it red"], references=[tiny_image(32)]), ip2p)
     with pytest.raises(AttackError, match="forbidden edit instructions"):
         AttackSuite([{"name": "unlearndiffatk"}], AttackMaterial(prompts=["a"], photos=[tiny_image(32)]), ip2p)
     flux = DiffusionAdapter(tiny_pipeline("flux"))

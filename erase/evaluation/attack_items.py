@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,8 @@ NO_ATTACK = "no-attack"
 THREAT_PATHS = {None: "t2i", "inpaint": "inpaint", "instruct": "instruct", "kontext": "kontext"}
 EDIT_PATHS = ("img2img", "inpaint", "instruct", "kontext")
 # Attacks that learn from images of the concept (where the attack class does not say so itself).
-NEEDS_REFERENCES = {"concept-inversion", "photo-inversion", "relearning", "image-space"}
+NEEDS_REFERENCES = {"unlearndiffatk", "concept-inversion", "photo-inversion", "reconstruction", "relearning",
+                    "image-space", "noise-injection", "embedding-space"}
 
 
 @dataclass
@@ -216,10 +217,15 @@ class AttackSuite(Suite):
                 self._done.setdefault((str(r["attack"]), int(meta["attack_target"])), []).append(r)
 
     def items(self, spec: FamilySpec) -> list[Item]:
-        out: list[Item] = []
+        return [it for group in self.item_groups(spec) for it in group]
+
+    def item_groups(self, spec: FamilySpec) -> Iterator[list[Item]]:
+        """One group per (attack, target): the attack runs when the engine reaches its group, right before its
+        images are generated (finished targets are rebuilt from their records and not run again)."""
         plan: list[AttackSpec | None] = ([None] if self.unattacked else []) + list(self.specs)
         n_max = max([s.n_prompts for s in self.specs] or [1])
         img_max = max([s.images for s in self.specs] or [1])
+        index = 0
         for spec_ in plan:
             label = NO_ATTACK if spec_ is None else spec_.key
             if label in self._skip:
@@ -228,12 +234,13 @@ class AttackSuite(Suite):
             for i in range(n):
                 done = self._done.get((label, i), [])
                 if done and len(done) >= int(done[0]["meta"].get("attack_records", 0) or 0):
-                    out += self._rebuilt(done)
+                    group = self._rebuilt(done)
                 elif spec_ is None:
-                    out += self._plain_items(i, img_max)
+                    group = self._plain_items(i, img_max)
                 else:
-                    out += self._attack_items(spec_, i)
-        return [replace(it, index=k) for k, it in enumerate(out)]
+                    group = self._attack_items(spec_, i)
+                yield [replace(it, index=index + k) for k, it in enumerate(group)]
+                index += len(group)
 
     def _rebuilt(self, records: Sequence[Mapping[str, Any]]) -> list[Item]:
         """Items of a finished target, from its records (every unit is on disk: nothing is generated)."""
@@ -268,7 +275,7 @@ class AttackSuite(Suite):
     def _attack_items(self, spec: AttackSpec, i: int) -> list[Item]:
         attack = self.attacks[spec.key]
         generator = torch.Generator().manual_seed(self.seed + 7919 * (i + 1))
-        log.info("attack %s: target %d of %d", spec.key, i + 1, spec.n_prompts)
+        log.info("attack %s: target %d of %d", spec.key, i + 1, spec.n_prompts)  # the engine's bar follows
         outcome = attack.run(self.adapter, self.target(spec, i), generator)
         results = list(outcome) if isinstance(outcome, (list, tuple)) else [outcome]
         rows = [(res, r) for res in results if getattr(res, "kind", "") != "statistics" for r in range(res.rows)]
@@ -279,7 +286,7 @@ class AttackSuite(Suite):
         total = len(rows) * spec.images
         items = []
         for res, r in rows:
-            items.append(self._result_item(spec, i, res, r, len(results) > 1 or res.rows > 1, total))
+            items.append(self._result_item(spec, i, res, r, len(results) > 1, total))
         return items
 
     def _result_item(self, spec: AttackSpec, i: int, res: Any, r: int, several: bool, total: int) -> Item:

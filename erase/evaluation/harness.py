@@ -265,17 +265,19 @@ def evaluate(
         if suite.attack and dist.world > 1 and dist.rank != 0:
             continue  # attacks run (and are merged) on the first rank: their items exist once the attack ran
         suite.resume_from(list(existing.values()))
-        items = suite.items(spec)
-        if len({it.id for it in items}) != len(items):
-            raise ValueError(f"suite {suite.name!r} has duplicate item ids: results would overwrite each other")
         s_settings = suite.settings or settings
         size = resolution(pipe, s_settings)
-        for v in (runnable[:1] if suite.attack else runnable):  # attacks: the model as it is
-            all_units += _plan(suite, v, items, spec, notes, None, 1 if suite.attack else dist.world)
-            mine = _plan(suite, v, items, spec, notes, 0 if suite.attack else dist.rank,
-                         1 if suite.attack else dist.world)
-            _run(mine, pipe, spec, detector, protos, s_settings, base, size, store, existing, out, batch_size,
-                 save_images, blur, progress, on_record)
+        ids: set[str] = set()
+        for items in suite.item_groups(spec):  # one group, or one per attack target (planned as it comes)
+            if len({it.id for it in items} | ids) != len(items) + len(ids):
+                raise ValueError(f"suite {suite.name!r} has duplicate item ids: results would overwrite each other")
+            ids |= {it.id for it in items}
+            for v in (runnable[:1] if suite.attack else runnable):  # attacks: the model as it is
+                all_units += _plan(suite, v, items, spec, notes, None, 1 if suite.attack else dist.world)
+                mine = _plan(suite, v, items, spec, notes, 0 if suite.attack else dist.rank,
+                             1 if suite.attack else dist.world)
+                _run(mine, pipe, spec, detector, protos, s_settings, base, size, store, existing, out, batch_size,
+                     save_images, blur, progress, on_record)
         notes += [n for n in suite.notes if n not in notes]  # already logged by the suite
 
     if suites and not all_units:
@@ -331,7 +333,8 @@ def _run(units: Sequence[_Unit], pipe: Any, spec: FamilySpec, detector: Any, pro
                              f"use a new out_dir to evaluate with these settings")
     flagged = sum(bool(existing[u.key]["flags"].get(primary)) for u in done)
     seen = len(done)
-    desc = f"{units[0].suite.name}[{units[0].variant.name}]"
+    attack = units[0].item.attack
+    desc = f"{units[0].suite.name}[{units[0].variant.name}]" + (f" {attack}" if attack else "")
     with tqdm(total=len(units), initial=len(done), desc=desc, disable=not progress, leave=False) as bar:
         for batch in _batches(units, batch_size):
             todo = [u for u in batch if u.key not in existing]

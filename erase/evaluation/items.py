@@ -11,7 +11,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from PIL import Image
 
@@ -94,6 +94,12 @@ class Suite:
 
     def items(self, spec: FamilySpec) -> list[Item]:
         raise NotImplementedError
+
+    def item_groups(self, spec: FamilySpec) -> Iterator[list[Item]]:
+        """Items in groups the engine plans and runs one after the other (ids unique across groups). One group
+        by default; an attack suite yields one per attack target, so an attack runs right before its images
+        are made and an interruption loses at most one target's work."""
+        yield self.items(spec)
 
     def resume_from(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Called with the records already on disk before `items`: suites whose items are costly to produce
