@@ -363,3 +363,50 @@ def test_base_cache_is_keyed_by_weights_and_settings_not_by_name(tmp_path):
     assert where(erased) != base  # same model.name, other weights
     assert where(tiny_adapter(), suites={"prompts": {"n": 3}}) != base  # other settings
     assert where(tiny_adapter(), base_cache=None) == tmp_path / "out" / "eval-base"
+
+
+# ------------------------------------------------------------------------------------------------ what is never run
+def test_checkpoints_hold_no_pickle_and_resume_never_unpickles(tmp_path, monkeypatch):
+    import pickle
+
+    from erase.training import CHECKPOINT_FILES
+
+    train(ESD(**FAST_ESD), tiny_adapter(), CONCEPT, cfg(stop_after=2), tmp_path)
+    (ckpt,) = checkpoints(tmp_path / "checkpoints")
+    assert sorted(p.name for p in ckpt.iterdir()) == sorted(CHECKPOINT_FILES)
+
+    def refuse(*a, **k):
+        raise AssertionError("something was unpickled")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    r = train(ESD(**FAST_ESD), tiny_adapter(), CONCEPT, cfg(), tmp_path)
+    assert r.resumed_from == 2 and r.steps == 4
+
+
+def test_pickled_weights_and_custom_code_in_a_model_folder_are_refused_unrun(tmp_path, monkeypatch):
+    import json
+
+    marker = tmp_path / "code-ran"
+    pickled = tmp_path / "pickled"
+    tiny_pipeline("sd1").save_pretrained(pickled, safe_serialization=False)  # .bin weights only: pickles
+    with pytest.raises(ModelLoadError, match="could not load"):
+        load_pipeline(pickled)
+
+    custom = save_tiny_pipeline("sd1", tmp_path / "custom")
+    code = f"open({str(marker)!r}, 'w').write('ran')\nclass EvilUNet: pass\n"
+    for where in (custom, custom / "unet"):
+        (where / "evil_unet.py").write_text(code)
+    index = json.loads((custom / "model_index.json").read_text())
+    index["unet"] = ["evil_unet", "EvilUNet"]  # a component whose class is code shipped in the folder
+    (custom / "model_index.json").write_text(json.dumps(index))
+    monkeypatch.syspath_prepend(str(custom))  # even where the module would be importable
+    with pytest.raises(ModelLoadError):
+        load_pipeline(custom)
+    index.update({"_class_name": "EvilPipeline", "unet": ["diffusers", "UNet2DConditionModel"]})
+    (custom / "model_index.json").write_text(json.dumps(index))
+    (custom / "pipeline.py").write_text(code)
+    with pytest.raises(ModelLoadError, match="not a supported model family"):
+        load_pipeline(custom)
+    assert not marker.exists()
