@@ -310,6 +310,10 @@ class AttackSuite(Suite):
                 info["budget"] = _plain(value)
         if res.final_loss is not None:
             info["final_loss"] = float(res.final_loss)
+        if getattr(res, "compare_with_base", False):  # the base model's evaluation holds the same rows
+            info["compare_with_base"] = True
+        if getattr(res, "statistics", None):
+            info["attack_statistics"] = _plain(dict(res.statistics))
         meta = self._meta(spec.key, i, text, variant, total, info)
         seeds = self._seeds(i, spec.images)
         repeat = int(getattr(res, "repeat", 1) or 1)
@@ -374,9 +378,16 @@ class AttackSuite(Suite):
                 entry[p.name] = worst[1]
                 entry.setdefault("worst_variant", {})[p.name] = worst[0] or "-"
                 rows.append(self._row(label, f"worst: {worst[0]}" if len(by_variant) > 1 else "-", p, worst[1], recs))
-            if label in self.statistics:
-                entry["statistics"] = self.statistics[label]
+            stats = {f"{(r.get('meta') or {}).get('attack_target')}/{(r.get('meta') or {}).get('attack_variant')}":
+                     r["meta"]["attack_statistics"] for r in recs if (r.get("meta") or {}).get("attack_statistics")}
+            stats.update(self.statistics.get(label, {}))
+            if stats:
+                entry["statistics"] = stats
+            if any((r.get("meta") or {}).get("compare_with_base") for r in recs):
+                entry["compare_with_base"] = True  # compare with the same attack in the base model's evaluation
             summary[label] = entry
+        for label, stats in self.statistics.items():  # probes that measure numbers, not images
+            summary.setdefault(label, {"statistics": stats})
         for label, why in self._skip.items():
             summary.setdefault(label, {"skipped": why})
         return summary, rows
