@@ -67,10 +67,12 @@ def assert_samples(adapter: DiffusionAdapter, result: AttackResult, n: int = 2, 
 
 # ---------------------------------------------------------------------------------------------------------- registry
 def test_registry_names_and_errors():
-    assert set(ATTACKS) == {"unlearndiffatk", "p4d", "ringabell", "concept-inversion", "photo-inversion", "relearning"}
+    assert set(ATTACKS) == {"unlearndiffatk", "p4d", "ringabell", "concept-inversion", "reconstruction", "relearning",
+                            "embedding-space", "image-space", "settings-sweep", "neutral-prompts", "base-inversion",
+                            "noise-injection", "inversion-likelihood"}
     assert {cls.access for cls in ATTACKS.values()} == {"white-box", "black-box", "white-box+original"}
     assert get_attack("Ring_A_Bell", eta=2.0).eta == 2.0
-    assert get_attack("tina").name == "photo-inversion"
+    assert get_attack("tina").name == get_attack("photo-inversion").name == "reconstruction"
     with pytest.raises(AttackError, match="choose one of: unlearndiffatk, p4d"):
         get_attack("nope")
     with pytest.raises(AttackError, match="no option.*'lr_typo'.*options are"):
@@ -176,8 +178,9 @@ def test_photo_inversion_regenerates_the_photo(family):
     adapter = constant_denoiser(family)
     photo = images(1, 1) if family == "ip2p" else None
     t = AttackTarget(prompts=[PROMPT], images=images(2, 0), photo=photo)
-    r = get_attack("photo-inversion", num_steps=3).run(adapter, t, gen(0))
+    r = get_attack("reconstruction", num_steps=3).run(adapter, t, gen(0))
     assert r.kind == "latents" and r.rows == 2 and r.prompts == [""] and r.guidance == 1.0
+    assert r.variant == "reconstruction"
     assert (r.photo is not None) == (family == "ip2p")
     x0 = adapter.encode_images(t.images)
     regenerated = sample_latents(adapter, r, n=2)
@@ -193,7 +196,7 @@ def test_photo_inversion_error_shrinks_with_steps_on_a_smooth_denoiser():
     x0 = adapter.encode_images(t.images)
     err = {}
     for steps in (3, 8):
-        r = get_attack("photo-inversion", num_steps=steps).run(adapter, t, gen(0))
+        r = get_attack("reconstruction", num_steps=steps).run(adapter, t, gen(0))
         err[steps] = ((sample_latents(adapter, r, n=1) - x0).norm() / x0.norm()).item()
     assert err[8] < err[3] < 0.3
 
@@ -219,3 +222,197 @@ def test_relearning_moves_weights_of_a_copy(sd1, target):
     relearned = assert_samples(sd1, r, n=1)
     erased = generate_with(sd1, AttackResult("none", "black-box", "text", prompts=[PROMPT]), n=1, seed=0, num_steps=2)
     assert relearned[0].tobytes() != erased[0].tobytes()
+
+
+# ---------------------------------------------------------------------------------------------------------- new attacks
+def test_result_fields_are_checked():
+    with pytest.raises(AttackError, match="unknown generation setting.*'guidnce'"):
+        AttackResult("x", "black-box", "text", prompts=[PROMPT], settings={"guidnce": 3})
+    with pytest.raises(AttackError, match="generation path"):
+        AttackResult("x", "black-box", "text", prompts=[PROMPT], path="video")
+    r = AttackResult("x", "black-box", "text", prompts=[PROMPT], variant="guidance=3", settings={"guidance": 3.0},
+                     repeat=2, budget={"scale": 0.1})
+    d = r.describe()
+    assert d["variant"] == "guidance=3" and d["settings"] == {"guidance": 3.0} and d["repeat"] == 2
+
+
+@pytest.mark.parametrize("family", ["sd1", "ip2p", "sd-inpaint"])
+def test_embedding_space_lowers_its_objective_on_every_path(family):
+    adapter = DiffusionAdapter(tiny_pipeline(family))
+    before = snapshot(adapter)
+    editing = family != "sd1"
+    t = AttackTarget(prompts=[PROMPT], images=images(2, 0), photo=images(2, 1) if editing else None,
+                     mask=torch.ones(2, 1, 32, 32) if family == "sd-inpaint" else None)
+    r = get_attack("embedding-space", steps=4, lr=0.05, resample_noise=False, eval_points=2).run(adapter, t, gen(0))
+    assert r.kind == "embeddings" and r.final_loss < r.initial_loss
+    start = adapter.encode_prompts([PROMPT]).embeds
+    assert not torch.allclose(r.conditioning.embeds, start)  # the whole embedding moved, no token projection
+    assert_untouched(adapter, before)
+    assert_samples(adapter, r, form="embeddings")
+
+
+def test_embedding_space_budget_keeps_the_embedding_near_its_start(sd1, target):
+    r = get_attack("embedding-space", steps=5, lr=0.5, max_norm=0.01).run(sd1, target, gen(0))
+    start = sd1.encode_prompts([PROMPT]).embeds
+    assert (r.conditioning.embeds - start).norm() <= 0.01 * start.norm() * 1.001
+    with pytest.raises(AttackError, match="max_norm must be a positive"):
+        get_attack("embedding-space", max_norm=0.0)
+    with pytest.raises(AttackError, match="reference images"):
+        get_attack("embedding-space", steps=1).run(sd1, AttackTarget(prompts=[PROMPT]), gen(0))
+
+
+def edit_target(n: int = 2, **kw) -> AttackTarget:
+    return AttackTarget(prompts=[PROMPT], images=images(n, 0), photo=images(n, 1), benign_prompts=[NEUTRAL], **kw)
+
+
+@pytest.mark.parametrize("family,objective", [("ip2p", "result"), ("ip2p", "latent"), ("sd-inpaint", "result"),
+                                              ("sd1", "result")])
+def test_image_space_pgd_stays_in_the_ball_and_lowers_its_objective(family, objective):
+    adapter = DiffusionAdapter(tiny_pipeline(family))
+    before = snapshot(adapter)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    t = edit_target(mask=mask if family == "sd-inpaint" else None)
+    attack = get_attack("image-space", eps=[4 / 255, 16 / 255], steps=3, samples=1, objective=objective,
+                        resample_noise=False)
+    results = attack.run(adapter, t, gen(0))
+    assert [r.variant for r in results] == ["eps=4/255, benign", "eps=16/255, benign",
+                                           "eps=4/255, forbidden", "eps=16/255, forbidden"]
+    for r, eps in zip(results, [4 / 255, 16 / 255] * 2):
+        linf = ((r.photo - t.photo) / 2).abs().amax().item()
+        assert 0 < linf <= eps + 1e-6  # moved, and never past its budget
+        on_grid = (r.photo + 1) * 127.5
+        torch.testing.assert_close(on_grid, on_grid.round())  # delivered as an 8-bit image
+        assert r.path == (family.replace("ip2p", "instruct").replace("sd-inpaint", "inpaint").replace("sd1", "img2img"))
+        assert r.budget["eps"] == eps
+    assert results[1].final_loss < results[1].initial_loss
+    assert results[0].prompts == [NEUTRAL, NEUTRAL] and results[2].prompts == [PROMPT, PROMPT]
+    if family == "sd-inpaint":  # pixels the pipeline masks out get no gradient: only 8-bit rounding moves them
+        assert ((results[1].photo - t.photo) * mask).abs().max() <= 1 / 127.5 + 1e-6 < 2 * 16 / 255
+    assert_untouched(adapter, before)
+
+
+def test_image_space_detector_and_steer_objectives_fall():
+    adapter = DiffusionAdapter(tiny_pipeline("ip2p"))
+    weights = torch.randn(3, 32, 32, generator=gen(5))
+    scorer = lambda x: (x * weights).flatten(1).mean(1) * 10  # a differentiable stand-in detector
+    t = edit_target(scorer=scorer)
+    for objective in ("detector", "steer"):
+        r = get_attack("image-space", eps=[16 / 255], steps=3, samples=1, objective=objective, chain_steps=2,
+                       instructions=["benign"], resample_noise=False).run(adapter, t, gen(0))[0]
+        assert r.final_loss < r.initial_loss, objective
+
+
+def test_image_space_bad_input_fails_before_any_work(sd1):
+    for eps, msg in [([1.5], r"outside \[0, 1\]"), ([0.0], "perturbs nothing"), ([-0.1], "outside"), ([], "at least one")]:
+        with pytest.raises(AttackError, match=msg):
+            get_attack("image-space", eps=eps)
+    with pytest.raises(AttackError, match="steps must be a positive"):
+        get_attack("image-space", steps=0)
+    ip2p = DiffusionAdapter(tiny_pipeline("ip2p"))
+    with pytest.raises(AttackError, match="photo"):
+        get_attack("image-space").run(ip2p, AttackTarget(prompts=[PROMPT], images=images(1, 0)), gen(0))
+    with pytest.raises(AttackError, match="benign_prompts"):
+        get_attack("image-space").run(ip2p, AttackTarget(prompts=[PROMPT], images=images(1, 0), photo=images(1, 1)))
+    with pytest.raises(AttackError, match="scorer"):
+        get_attack("image-space", objective="detector").run(ip2p, edit_target(), gen(0))
+    inpaint = DiffusionAdapter(tiny_pipeline("sd-inpaint"))
+    with pytest.raises(AttackError, match="masks"):
+        get_attack("image-space").run(inpaint, edit_target(), gen(0))
+
+
+def test_settings_sweep_returns_one_result_per_setting():
+    ip2p = DiffusionAdapter(tiny_pipeline("ip2p"))
+    t = edit_target(anchor="a person in a shirt", negative_words=["shirt", "top"])
+    results = get_attack("settings-sweep").run(ip2p, t, gen(0))
+    variants = [r.variant for r in results]
+    assert len(set(variants)) == len(variants)
+    for v in ("guidance=12", "image_guidance=3", "scheduler=ddim", "scheduler=euler-ancestral", "scheduler=dpmsolver++",
+              "steps=10", "negative=a person in a shirt", "negative=shirt", "negative=shirt, top", "repeat=3",
+              "compound=benign-then-forbidden"):
+        assert v in variants, v
+    by = {r.variant: r for r in results}
+    assert by["negative=shirt"].settings == {"negative_prompt": "shirt"} and by["repeat=3"].repeat == 3
+    assert by["compound=benign-then-forbidden"].prompts == [f"{NEUTRAL} and {PROMPT}"]
+    assert all(r.photo is not None and r.path == "instruct" for r in results)
+    from erase.evaluation.generate import GenSettings, with_overrides
+    for r in results:  # every override is one the engine applies
+        with_overrides(GenSettings(), r.settings)
+
+
+def test_settings_sweep_img2img_strength_up_to_one(sd1):
+    t = AttackTarget(prompts=[PROMPT], photo=images(1, 1))
+    results = get_attack("settings-sweep", negative=False, compound=False).run(sd1, t, gen(0))
+    strengths = [r.settings["strength"] for r in results if "strength" in r.settings]
+    assert max(strengths) == 1.0 and all(r.path == "img2img" for r in results)
+    assert not any(r.variant.startswith("repeat") for r in results)  # nothing to repeat without an editor
+    with pytest.raises(AttackError, match="unknown scheduler 'nope'"):
+        get_attack("settings-sweep", schedulers=["nope"])
+    with pytest.raises(AttackError, match="strength"):
+        get_attack("settings-sweep", strength=[1.5])
+
+
+def test_neutral_prompts_never_name_the_concept_and_compare_with_base(sd1):
+    t = AttackTarget(prompts=[PROMPT], negative_words=["shirt", "top"])
+    attack = get_attack("neutral-prompts", prompts=["a man in a park"], banned=["red"])
+    results = attack.run(sd1, t, gen(0))
+    assert [r.variant for r in results] == ["plain", "negative=shirt", "negative=top", "negative=shirt, top"]
+    assert all(r.compare_with_base and r.prompts == ["a man in a park"] for r in results)
+    assert results[1].settings == {"negative_prompt": "shirt"} and results[0].settings == {}
+    with pytest.raises(AttackError, match="names the concept"):
+        get_attack("neutral-prompts", prompts=["a red man"], banned=["red"]).run(sd1, t, gen(0))
+    with pytest.raises(AttackError, match="never name the concept"):
+        get_attack("neutral-prompts").run(sd1, AttackTarget(prompts=[PROMPT]), gen(0))
+
+
+# ---------------------------------------------------------------------------------------------------------- probes
+def perturbed(adapter: DiffusionAdapter, scale: float, seed: int) -> DiffusionAdapter:
+    """A copy of the model with noise added to its denoiser weights: a stand-in 'erased' model."""
+    import copy
+
+    other = DiffusionAdapter(copy.deepcopy(adapter.pipe), adapter.spec)
+    g = gen(seed)
+    with torch.no_grad():
+        for p in other.denoiser.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale * (p.std() if p.numel() > 1 else 1))
+    return other
+
+
+@pytest.mark.parametrize("family", ["sd1", "ip2p"])
+def test_inversion_probes_tell_base_and_erased_apart(family):
+    base = DiffusionAdapter(tiny_pipeline(family))
+    erased = perturbed(base, 0.5, 3)
+    t = AttackTarget(prompts=[PROMPT], images=images(2, 0), photo=images(2, 1) if family == "ip2p" else None,
+                     original=base)
+    x0 = base.encode_images(t.images)
+
+    # invert with the base, regenerate: the base reconstructs, the erased model does not
+    inv = get_attack("base-inversion", num_steps=4).run(erased, t, gen(0))
+    assert inv.kind == "latents" and inv.access == "white-box+original"
+    err = {name: ((sample_latents(m, inv, n=2) - x0).norm() / x0.norm()).item() for name, m in
+           (("base", base), ("erased", erased))}
+    assert err["erased"] > err["base"] + 0.05
+
+    # noise injection: one result per strength, latents are the re-noised reference at the right grid index
+    ni = get_attack("noise-injection", strengths=[0.25, 0.75], num_steps=4, draws=2).run(erased, t, gen(0))
+    assert [r.variant for r in ni] == ["strength=0.25", "strength=0.75"] and [r.start_step for r in ni] == [3, 1]
+    assert all(r.rows == 4 for r in ni)
+    outs = {name: sample_latents(m, ni[0], n=4) for name, m in (("base", base), ("erased", erased))}
+    assert not torch.allclose(outs["base"], outs["erased"], atol=1e-3)
+
+    # the likelihood statistic of inverted seeds differs between base and erased
+    lk = get_attack("inversion-likelihood", num_steps=4).run(erased, t, gen(0))
+    s = lk.statistics
+    assert lk.kind == "statistics" and {"nll_per_dim", "norm_ratio", "nll_per_dim_base", "delta_nll_per_dim"} <= set(s)
+    assert abs(s["delta_nll_per_dim"]) > 1e-3 and s["reconstruction_error"] >= 0
+    same = get_attack("inversion-likelihood", num_steps=4).run(base, t, gen(0)).statistics
+    assert abs(same["delta_nll_per_dim"]) < 1e-6  # base against itself: no difference
+
+
+def test_noise_injection_of_a_strength_one_starts_from_noise(sd1, target):
+    r = get_attack("noise-injection", strengths=[1.0], num_steps=3, draws=1).run(sd1, target, gen(0))[0]
+    assert r.start_step == 0
+    with pytest.raises(AttackError, match="strengths"):
+        get_attack("noise-injection", strengths=[0.0])
+    with pytest.raises(AttackError, match="original"):
+        get_attack("base-inversion").run(sd1, AttackTarget(prompts=[PROMPT], images=images(1, 0)), gen(0))

@@ -36,7 +36,7 @@ from erase.methods.base import Original, text_only_image_condition
 from erase.models.adapter import Conditioning, DiffusionAdapter, ImageCondition
 
 ACCESS_LEVELS = ("white-box", "black-box", "white-box+original")
-RESULT_KINDS = ("text", "embeddings", "weights", "latents")
+RESULT_KINDS = ("text", "embeddings", "weights", "latents", "statistics")
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 7.5
 
@@ -58,6 +58,13 @@ class AttackTarget:
     photo / mask: editing families: the photo to edit in [-1, 1] (and the inpainting mask, 1 = repaint).
     success: optional early stop, called with the current result during long searches (UnlearnDiffAtk after
         each timestep block, P4D at each evaluation), as the reference codes stop at the first detector hit.
+    benign_prompts: benign prompts / edit instructions (the image-space attack's benign instruction; compound
+        instructions of the settings sweep).
+    neutral: prompts / instructions that never name the concept (the neutral-prompts attack).
+    anchor: the concept's anchor (what it erases toward, e.g. "a person in a shirt"); negative_words: words naming
+        what the concept removes (the clothing) for negative prompts.
+    scorer: a differentiable detector, images (B, 3, H, W) in [-1, 1] -> (B,) logits that the concept is shown
+        (the image-space attack's "detector" objective; the toy world's detector module).
     """
 
     prompts: Sequence[str]
@@ -67,10 +74,17 @@ class AttackTarget:
     photo: Tensor | Image.Image | Sequence[Image.Image] | None = None
     mask: Tensor | Image.Image | Sequence[Image.Image] | None = None
     success: Callable[["AttackResult"], bool] | None = None
+    benign_prompts: Sequence[str] = ()
+    neutral: Sequence[str] = ()
+    anchor: str = ""
+    negative_words: Sequence[str] = ()
+    scorer: Callable[[Tensor], Tensor] | None = None
 
     def __post_init__(self) -> None:
         self.prompts = [self.prompts] if isinstance(self.prompts, str) else list(self.prompts)
-        self.neutral_prompts = [self.neutral_prompts] if isinstance(self.neutral_prompts, str) else list(self.neutral_prompts)
+        for name in ("neutral_prompts", "benign_prompts", "neutral", "negative_words"):
+            value = getattr(self, name)
+            setattr(self, name, [value] if isinstance(value, str) else list(value))
         if not self.prompts:
             raise AttackError("AttackTarget needs at least one concept prompt")
         self.images = None if self.images is None else as_image_tensor(self.images, "images")
@@ -127,9 +141,42 @@ def photo_condition(adapter: DiffusionAdapter, photo: Tensor, mask: Tensor | Non
 
 
 # ---------------------------------------------------------------------------------------------------------- result
+SETTING_KEYS = ("steps", "guidance", "image_guidance", "scheduler", "strength", "inpaint_strength", "negative_prompt")
+GENERATION_PATHS = ("t2i", "img2img", "inpaint", "instruct", "kontext")
+
+
 @dataclass
 class AttackResult:
-    """What generation needs to reproduce an attack, plus what the report shows about it."""
+    """What generation needs to reproduce an attack, plus what the report shows about it.
+
+    Fields the evaluation engine consumes (every one optional but `attack`/`access`/`kind`):
+      kind: "text" | "embeddings" | "weights" | "latents" generate images; "statistics" generates none (a probe
+        whose numbers are in `statistics`, e.g. the inverted-latent likelihood of base vs erased).
+      variant: label of this setting / budget within one attack ("guidance=12", "eps=8/255, benign"); one attack
+        may return several results (a list): the engine reports each variant and the worst.
+      prompts: the text to generate from (prompt or edit instruction), one per row; images cycle over rows.
+      conditioning: prompt embeddings (rows), fed as prompt_embeds ("embeddings" form).
+      adapter / weights_delta: the relearned model to generate with ("weights").
+      latents (+ start_step): initial latents per row; `start_step` > 0 means the latents are the state at index
+        start_step of the num_steps grid (noise injection: re-noised reference) and sampling runs from there.
+        Latent results are sampled with `sample_latents` / `generate_with` (the adapter's deterministic sampler:
+        the stock pipelines cannot start mid-chain or on an inverted x_T).
+      photo / mask: the photo(s) to edit in [-1, 1] (image-space attack: the perturbed photos, to be delivered
+        as 8-bit images; the attack already rounded them), cycled with the rows; for "t2i"-family probes on the
+        img2img path the photo is the init image.
+      path: the generation path the result needs ("t2i", "img2img", "inpaint", "instruct", "kontext"); None = the
+        family's usual path for the suite.
+      settings: generation-setting overrides, GenSettings field names: steps, guidance, image_guidance, strength,
+        inpaint_strength, negative_prompt, plus "scheduler" (a name in erase.evaluation.generate.SCHEDULERS,
+        applied per call). Applied on top of the suite's settings (`generate.with_overrides`).
+      repeat: apply the edit this many times, each output the next input (repeated edits); 1 = once.
+      compare_with_base: the engine runs the same result on the base model too and reports erased minus base
+        (neutral prompts: an erased model more exposed than its base is leakage the erasure created).
+      budget: the budget actually used (eps, steps, iterations ...) and `budget["scale"]`, the ratio to the
+        attack's reference default where the config scaled it; recorded with the rate.
+      statistics: numbers the attack measured itself (probes), recorded as they are (not rates).
+      negative_prompt / num_steps / guidance: older spellings of settings (photo inversion's grid); settings win.
+    """
 
     attack: str
     access: str
@@ -149,10 +196,25 @@ class AttackResult:
     history: list[float] = field(default_factory=list)  # objective per optimisation step
     info: dict[str, Any] = field(default_factory=dict)  # small JSON-able facts for the report
     tensors: dict[str, Tensor] = field(default_factory=dict)  # e.g. the learned embedding
+    variant: str = ""
+    path: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    repeat: int = 1
+    start_step: int = 0
+    compare_with_base: bool = False
+    budget: dict[str, Any] = field(default_factory=dict)
+    statistics: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in RESULT_KINDS:
             raise AttackError(f"unknown result kind {self.kind!r}; one of {RESULT_KINDS}")
+        unknown = sorted(set(self.settings) - set(SETTING_KEYS))
+        if unknown:
+            raise AttackError(f"unknown generation setting(s) {unknown}; settings take {SETTING_KEYS}")
+        if self.path is not None and self.path not in GENERATION_PATHS:
+            raise AttackError(f"unknown generation path {self.path!r}; one of {GENERATION_PATHS}")
+        if self.repeat < 1:
+            raise AttackError(f"repeat must be at least 1 (edits applied in a row), not {self.repeat}")
 
     @property
     def rows(self) -> int:
@@ -187,6 +249,15 @@ class AttackResult:
                 d[k] = v
         if self.history:
             d["steps"] = len(self.history)
+        for k in ("variant", "path", "settings", "budget", "statistics"):
+            if getattr(self, k):
+                d[k] = getattr(self, k)
+        if self.repeat != 1:
+            d["repeat"] = self.repeat
+        if self.start_step:
+            d["start_step"] = self.start_step
+        if self.compare_with_base:
+            d["compare_with_base"] = True
         if self.weights_delta is not None:
             d["delta_norm"] = float(math.sqrt(sum(float(v.float().pow(2).sum()) for v in self.weights_delta.values())))
             d["delta_params"] = len(self.weights_delta)
@@ -455,20 +526,24 @@ def sample_latents(
             shape = model.latent_shape(1, _size(model, image))
             x_T = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in idx])
             x_T = x_T.to(model.device, model.dtype)
-        out.append(_sample(model, cond, uncond, num_steps, guidance, x_T, image))
+        start = result.start_step if form == "latents" else 0
+        out.append(_sample(model, cond, uncond, num_steps, guidance, x_T, image, start))
     return torch.cat(out)
 
 
 def _sample(model: DiffusionAdapter, cond: Conditioning, uncond: Conditioning, num_steps: int, guidance: float,
-            x_T: Tensor, image: ImageCondition | None) -> Tensor:
-    """Run sample_trajectory to its last state, then take the last step to the clean latents."""
-    for i, t, x in model.sample_trajectory(cond, uncond, num_steps, guidance, until=num_steps, x_T=x_T, image=image):
-        if i == num_steps - 1:
-            break
+            x: Tensor, image: ImageCondition | None, start: int = 0) -> Tensor:
+    """The deterministic sampler (as `sample_trajectory`) from grid index `start` (x is the state there) to the
+    clean latents."""
+    if not 0 <= start < num_steps:
+        raise AttackError(f"start_step {start} must lie in [0, {num_steps}) of the {num_steps}-step grid")
+    ts = model.inference_timesteps(num_steps).to(model.device)
     both = Conditioning.cat([uncond, cond])
     image2 = None if image is None else ImageCondition(torch.cat([image.latents, image.latents]))
-    e_u, e_c = model.predict(torch.cat([x, x]), t, both, image2).chunk(2)
-    return model.step(x, t, None, e_u + guidance * (e_c - e_u))
+    for i in range(start, num_steps):
+        e_u, e_c = model.predict(torch.cat([x, x]), ts[i], both, image2).chunk(2)
+        x = model.step(x, ts[i], ts[i + 1] if i + 1 < num_steps else None, e_u + guidance * (e_c - e_u))
+    return x
 
 
 def latents_to_pil(adapter: DiffusionAdapter, latents: Tensor) -> list[Image.Image]:

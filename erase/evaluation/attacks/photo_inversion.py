@@ -1,4 +1,4 @@
-"""Text-free photo inversion (TINA-style; cf. "Memories of Forgotten Concepts", arXiv 2412.00782, and TINA,
+"""Reconstruction (formerly "photo inversion"): text-free photo inversion (TINA-style; cf. "Memories of Forgotten Concepts", arXiv 2412.00782, and TINA,
 arXiv 2603.17828): no prompt ever names the concept.
 
 1. DDIM-invert a reference photo of the concept through the ERASED model with the empty prompt (guidance 1):
@@ -15,11 +15,17 @@ Editing families: the same through the editing model, conditioned on a photo: th
 else each reference photo itself, with an empty (benign) instruction; `generate_with` edits that photo starting
 from the inverted latent. The result (kind "latents") carries x_T, the photos, the prompt and the grid
 (num_steps, guidance) that regeneration must use.
+
+Labelled *reconstruction*: a deterministic ODE maps its own inversion back to the photo it was handed, whatever
+the weights (the base reads 100% as every method does), so this measures the sampler, not the erasure. The probes
+that separate methods are in `inversion_probes` (invert with the base, regenerate with the erased model; noise
+injection; the likelihood of inverted latents).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -30,12 +36,14 @@ from erase.evaluation.attacks.base import Attack, AttackResult, AttackTarget, fr
 
 @torch.no_grad()
 def ddim_invert(adapter: DiffusionAdapter, x0: Tensor, cond: Conditioning, num_steps: int,
-                image: ImageCondition | None = None) -> Tensor:
-    """Clean latents -> the x_T the deterministic sampler (`sample_trajectory`, guidance 1) maps back to them."""
+                image: ImageCondition | None = None, predict: Callable[..., Tensor] | None = None) -> Tensor:
+    """Clean latents -> the x_T the deterministic sampler (`sample_trajectory`, guidance 1) maps back to them.
+    `predict(x, t, cond, image)` swaps in another model's prediction (the base model, for the inversion probes)."""
+    predict = predict or adapter.predict
     ts = adapter.inference_timesteps(num_steps).to(adapter.device).flip(0)  # t_{N-1} (least noisy) ... t_0
     x, t = x0, None
     for t_next in ts:
-        x = invert_step(adapter, x, t, t_next, adapter.predict(x, t_next, cond, image))
+        x = invert_step(adapter, x, t, t_next, predict(x, t_next, cond, image))
         t = t_next
     return x
 
@@ -63,7 +71,7 @@ def invert_step(adapter: DiffusionAdapter, x: Tensor, t: Tensor | None, t_next: 
 
 @dataclass
 class PhotoInversion(Attack):
-    name = "photo-inversion"
+    name = "reconstruction"
     access = "white-box"
 
     num_steps: int = 50  # inversion and regeneration grid
@@ -86,6 +94,8 @@ class PhotoInversion(Attack):
             photo=photo[[r % len(photo) for r in rows]] if adapter.edits_images else None,
             mask=None if mask is None else mask[[r % len(mask) for r in rows]],
             num_steps=self.num_steps, guidance=self.guidance,
+            variant="reconstruction",
             info={"latent_std": x_T.float().std().item(),
+                  "note": "reconstruction of the given photo: the sampler's property, not evidence about the weights",
                   **({"edits": "target photo" if target.photo is not None else "reference image"} if adapter.edits_images else {})},
         )
