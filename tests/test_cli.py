@@ -36,7 +36,7 @@ def test_erase_task_writes_config_and_checkpoint(tmp_path):
     cfg.concept.prompts = ["a cat"]  # words the tiny random model's byte-level tokenizer knows
     summary = run_task(cfg)
     assert (tmp_path / "config.yaml").is_file() and "method" in (tmp_path / "config.yaml").read_text()
-    assert (tmp_path / "export" / "pipeline" / "model_index.json").is_file()
+    assert (tmp_path / "export" / "model_index.json").is_file()  # one hub folder: card beside it
     assert (tmp_path / "export" / "erased_weights.safetensors").is_file()
     assert summary["erasure"]["stats"]["steps"] == 2
     assert summary["method"] == "esd-u"  # the run is named after the variant it ran, not "esd"
@@ -96,9 +96,11 @@ def test_hydra_run_folder_is_out_dir(tmp_path):
 
 
 def test_two_process_accelerate_launch_ranks_agree(tmp_path):
-    """`accelerate launch` of the same entry point: gloo on CPU, DDP, both ranks end with the same weights."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "erase.cli",
+    """`accelerate launch` of the same entry point with the shipped DDP file (configs/accelerate/ddp.yaml): gloo on
+    CPU, both ranks end with the same weights."""
+    ddp = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "ddp.yaml"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ddp), "--num_processes", "2",
+           "--mixed_precision", "no", "-m", "erase.cli",
            "model=tiny_sd1", "eval=none", "task=erase", "cpu=true", "export=false", f"out_dir={tmp_path}",
            "concept.prompts=[a cat]", *FAST]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

@@ -310,3 +310,18 @@ def test_checkpointing_defaults_on_for_real_sizes_and_8bit_adam_needs_a_gpu(tmp_
     assert b.denoiser.is_gradient_checkpointing
     with pytest.raises(ValueError, match="adamw8bit needs a CUDA GPU"):
         train(ESD(**FAST_ESD), tiny_adapter("sd1"), CONCEPT, cfg(optimizer="adamw8bit"), tmp_path / "8bit")
+
+
+@pytest.mark.parametrize("name,kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("deepspeed_zero2", "DEEPSPEED")])
+def test_accelerate_configs_parse(name, kind):
+    """The shipped launch files are what accelerate reads (ddp.yaml is also launched, on CPU, in tests/test_cli.py)."""
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    c = load_config_from_file(str(Path(__file__).resolve().parents[1] / "configs" / "accelerate" / f"{name}.yaml"))
+    assert c.distributed_type.name == kind and c.num_machines == 1
+    if kind == "FSDP":
+        assert c.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD" and c.fsdp_config["fsdp_use_orig_params"]
+    if kind == "DEEPSPEED":
+        assert c.deepspeed_config["zero_stage"] == 2
