@@ -98,7 +98,26 @@ def check_method_config(method_cfg: Mapping[str, Any], spec: FamilySpec | None) 
             make_train_config(s.get("train"), s.get("lora"), 0)  # bad train settings fail here, not after loading
         if spec is not None:
             m.check(spec)
+        check_photo_source((s.get("params") or {}).get("photos"))
     return methods
+
+
+def check_photo_source(photos: Mapping[str, Any] | None) -> None:
+    """A method's photo source, checked without reading any photo: a folder that exists, a registered source."""
+    if not photos:
+        return
+    source = photos.get("source")
+    if source == "folder":
+        path = photos.get("path")
+        if not path or str(path).startswith("???"):
+            raise ValueError("method.params.photos: {source: folder} needs `path`, the folder of photos to train on")
+        if not Path(str(path)).expanduser().is_dir():
+            raise FileNotFoundError(f"method.params.photos.path={path}: no such folder (give the folder of photos to "
+                                    "train on)")
+    elif source not in (None, "dataset"):
+        from erase import registry
+
+        registry.get("photos", str(source))  # an unknown source is named with the known ones
 
 
 def check_setup(method: Method, adapter: DiffusionAdapter, concept: Concept) -> None:

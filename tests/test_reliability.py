@@ -314,12 +314,14 @@ def _cli_cfg(overrides):
 @pytest.mark.parametrize("overrides, match", [
     (["model=tiny_flux", "method=adversarial", "method.params.attack=prefix"], "single CLIP"),
     (["model=tiny_sd1", "method=edit_refusal", "method.params.path=instruct"], "does not match family 'sd1'"),
+    (["model=tiny_sd1", "method=edit_refusal", "method.params.photos.source=folder",
+      "+method.params.photos.path=/no/such/photos"], "no such folder"),
 ])
-def test_method_family_mismatch_is_refused_before_the_model_is_built(tmp_path, monkeypatch, overrides, match):
+def test_method_family_and_photo_source_are_refused_before_the_model_is_built(tmp_path, monkeypatch, overrides, match):
     import erase.cli as cli
 
     monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("the model was built before the check"))
-    with pytest.raises(MethodError, match=match):
+    with pytest.raises((MethodError, FileNotFoundError), match=match):
         cli.run_task(_cli_cfg([*overrides, "eval=toy", "task=erase_and_eval", "cpu=true", f"out_dir={tmp_path}"]))
     assert not (tmp_path / "checkpoints").exists()
 
