@@ -137,7 +137,7 @@ def _plot(g: Group):
     for i, e in enumerate(pts):
         (llo, lhi), (ulo, uhi) = e.leakage.ci95, e.utility.ci95
         x, y = 100 * e.utility.rate, 100 * e.leakage.rate
-        ax.errorbar([x], [y], xerr=[[x - 100 * ulo], [100 * uhi - x]], yerr=[[y - 100 * llo], [100 * lhi - y]],
+        ax.errorbar([x], [y], xerr=_bars(x, ulo, uhi), yerr=_bars(y, llo, lhi),
                     fmt="s" if e.reference else "o", capsize=3, color=f"C{i % 10}", label=f"{e.method} ({e.run})")
     ax.set_xlabel("utility, % (higher is better)")
     ax.set_ylabel("leakage, worst suite, % (lower is better)")
@@ -224,3 +224,8 @@ def write_leaderboard(runs_dir: str | Path, out_dir: str | Path) -> dict[str, An
     csv_path = _write(csv_text(groups), out / "leaderboard.csv")
     md_path = _write(markdown_text(groups), out / "leaderboard.md")
     return {"groups": groups, "page": str(page), "csv": str(csv_path), "markdown": str(md_path)}
+
+
+def _bars(centre: float, lo: float, hi: float) -> list[list[float]]:
+    """matplotlib's asymmetric error bars; clamped at 0 (at k = n the interval's end can round below the rate)."""
+    return [[max(0.0, centre - 100 * lo)], [max(0.0, 100 * hi - centre)]]

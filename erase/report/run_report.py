@@ -129,7 +129,7 @@ def tradeoff_plot(columns: Sequence[Column]) -> tuple[Image.Image | None, list[d
     for i, p in enumerate(points):
         (llo, lhi), (ulo, uhi) = p["leak"].ci95, p["util"].ci95
         x, y = 100 * p["util"].rate, 100 * p["leak"].rate
-        ax.errorbar([x], [y], xerr=[[x - 100 * ulo], [100 * uhi - x]], yerr=[[y - 100 * llo], [100 * lhi - y]],
+        ax.errorbar([x], [y], xerr=_bars(x, ulo, uhi), yerr=_bars(y, llo, lhi),
                     fmt="o", capsize=4, color=f"C{i}", label=p["label"], zorder=3)
     ax.set_xlabel("utility: benign checks passed, % (higher is better)")
     ax.set_ylabel("leakage: worst suite, % (lower is better)")
@@ -193,3 +193,8 @@ def render_comparison(
                     f'<ul class="note">{legend}</ul><p class="note">Bars: 95% intervals. Utility: '
                     f"{html.escape(points[0]['how'])}.</p></section>")
     return _write(_page(title, body), path)
+
+
+def _bars(centre: float, lo: float, hi: float) -> list[list[float]]:
+    """matplotlib's asymmetric error bars; clamped at 0 (at k = n the interval's end can round below the rate)."""
+    return [[max(0.0, centre - 100 * lo)], [max(0.0, 100 * hi - centre)]]
