@@ -103,7 +103,17 @@ def train(
     """Train `method` on the adapter's model, resuming from out_dir/checkpoints when there are any.
 
     `identity`: what else defines the run beyond `cfg` (method parameters, a hash of the concept); it is saved with
-    every checkpoint and must match on resume, like the TrainConfig (except RESUMABLE_CHANGES)."""
+    every checkpoint and must match on resume, like the TrainConfig (except RESUMABLE_CHANGES). out_dir is locked
+    for the run (erase.outdir; re-entrant, so erase() and the CLI holding it already is fine)."""
+    from contextlib import nullcontext
+
+    from erase.outdir import is_main_rank, locked_out_dir
+
+    with locked_out_dir(out_dir) if is_main_rank() else nullcontext(out_dir):
+        return _train(method, adapter, concept, cfg, out_dir, accelerator, original, identity)
+
+
+def _train(method, adapter, concept, cfg, out_dir, accelerator, original, identity) -> TrainResult:
     from accelerate import Accelerator
 
     method.check(adapter.spec)
