@@ -76,3 +76,43 @@ def fuse_adapters(
     for lname, w in new_weights.items():
         modules[lname].weight.copy_(w)
     return {"fused_adapters": float(len(names)), "closed_form_layers": float(solved), "merged_layers": float(len(new_weights) - solved)}
+
+
+def erase_concepts_fused(
+    adapter: DiffusionAdapter,
+    jobs: list[tuple[Concept, Mapping]],
+    out_dir,
+    mode: str = "closed-form",
+    preserve: list[str] | None = None,
+    seed: int = 0,
+    lamb: float = 0.1,
+    preserve_scale: float = 1.0,
+    **train_overrides,
+) -> dict[str, float]:
+    """Several concepts erased at once, MACE's way: one LoRA adapter per concept, each trained on its own against
+    the base model (`jobs`: (concept, method config with a `lora:` block), run in order, in out_dir/<concept id>),
+    then fused into the base weights by `fuse_adapters`. `preserve` defaults to every concept's preserve prompts."""
+    from pathlib import Path
+
+    from erase.methods.registry import build_method
+    from erase.training import lora_name, train
+
+    from erase.run import make_train_config  # the same training config every run builds
+
+    names: dict[str, Concept] = {}
+    stats: dict[str, float] = {}
+    for concept, cfg in jobs:
+        if not cfg.get("lora"):
+            raise ValueError(f"fusing adapters needs a LoRA per concept: give the method config for {concept.id!r} a lora: block")
+        method = build_method(cfg["name"], cfg.get("params"))
+        train_cfg = make_train_config(cfg.get("train"), cfg["lora"], seed, **train_overrides)
+        name = train_cfg.lora.name or lora_name(concept.id)
+        if name in names:
+            raise ValueError(f"two concepts share the adapter name {name!r}: give each a distinct lora.name")
+        run = train(method, adapter, concept, train_cfg, Path(out_dir) / concept.id)
+        stats[f"{concept.id}/final_loss"] = run.history[-1]["loss"] if run.history else float("nan")
+        names[name] = concept
+    if preserve is None:
+        preserve = list(dict.fromkeys(p for c in names.values() for p in c.preserve))
+    stats.update(fuse_adapters(adapter, names, mode=mode, preserve=preserve, preserve_scale=preserve_scale, lamb=lamb))
+    return stats
