@@ -270,6 +270,9 @@ def test_a_mistyped_local_path_is_not_fetched_from_the_hub(tmp_path, monkeypatch
     for path in ("export/pipeline", "./export", "runs/a/export", "~/no-such-erase-folder"):
         with pytest.raises(ModelLoadError, match="does not exist|no model_index.json"):
             load_pipeline(path)
+    save_tiny_pipeline("sd1", tmp_path / "run" / "export")
+    with pytest.raises(ModelLoadError, match=r"does not exist.*export is one folder now: pass run/export"):
+        load_pipeline("run/export/pipeline")  # the layout before exports became one hub folder
 
 
 def test_out_dir_that_is_a_file_says_what_out_dir_must_be(tmp_path):

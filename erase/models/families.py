@@ -164,8 +164,10 @@ def _pipeline_folder(path: str | os.PathLike) -> Path:
     """`path` as an existing diffusers pipeline folder, or a ModelLoadError saying what is there instead."""
     folder = Path(path).expanduser()
     if not folder.exists():
+        hint = (f" An erase export is one folder now: pass {folder.parent}, which holds model_index.json."
+                if (folder.parent / "model_index.json").is_file() else "")
         raise ModelLoadError(f"no model at {folder}: the path does not exist. Pass a diffusers pipeline folder "
-                             f"(containing model_index.json) or a hub id such as 'org/name'")
+                             f"(containing model_index.json) or a hub id such as 'org/name'.{hint}")
     if folder.is_file():
         kind = "a single checkpoint file" if folder.suffix in _CHECKPOINT_SUFFIXES else "a file"
         raise ModelLoadError(f"{folder} is {kind}, not a diffusers pipeline folder; {_SINGLE_FILE_HINT}")
