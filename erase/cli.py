@@ -71,6 +71,7 @@ def _run_task(cfg: DictConfig, out: Path) -> dict[str, Any]:
                                "concept": concept.id}
 
     if cfg.task == "evaluate":  # the model as given (an export, any folder): its own results, under out_dir
+        del summary["method"], summary["method_name"]  # nothing is erased: the model is measured as given
         summary["model_path"] = str(model["path"])
         summary["evaluation"] = evaluate_adapter(adapter, eval_cfg, out / "eval", str(model["path"]), concept,
                                                  wandb=cfg.wandb, baselines=True)
@@ -158,12 +159,6 @@ def comparison_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
         delta = e - b if isinstance(b, (int, float)) and isinstance(e, (int, float)) else None
         rows.append({"metric": key, "base": _pct(b), "erased": _pct(e), "change": _pct(delta, signed=True)})
     return rows
-
-
-def comparison_markdown(summary: Mapping[str, Any]) -> str:
-    from erase.report import markdown_summary
-
-    return markdown_summary(comparison_rows(summary))
 
 
 def _pct(x, signed: bool = False) -> str:
