@@ -504,3 +504,16 @@ def test_bad_attack_input_fails_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(AttackError, match="CLIP token embeddings"):
         AttackSuite([{"name": "unlearndiffatk"}], AttackMaterial(prompts=["a red square"]), flux)
     assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_attack_settings_override_the_scheduler_for_one_call(sd1) -> None:
+    from erase.evaluation.generate import with_overrides
+
+    before = type(sd1.scheduler)
+    plain = generate(sd1, FAMILIES["sd1"], "t2i", ["a red square"], [0], SETTINGS)[0]
+    euler = generate(sd1, FAMILIES["sd1"], "t2i", ["a red square"], [0],
+                     with_overrides(SETTINGS, {"scheduler": "euler_a", "num_steps": 3}))[0]
+    assert type(sd1.scheduler) is before  # put back after the call
+    assert plain.tobytes() != euler.tobytes()
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        generate(sd1, FAMILIES["sd1"], "t2i", ["a"], [0], with_overrides(SETTINGS, {"scheduler": "nope"}))

@@ -87,3 +87,36 @@ def test_core_runs_without_the_toy_world(tmp_path: Path) -> None:
     assert out["prompts"]["n"] == 4 and out["edits"]["n"] == 2  # 2 prompts x 2 images; img2img + inpaint
     assert out["attacks"] == ["no-attack", "unlearndiffatk"]
     assert "no detector named 'toy'" in out["toy_error"] and "erase.toyworld could not be imported" in out["toy_error"]
+
+
+def test_registry_entries_by_name() -> None:
+    import pytest
+
+    from erase import registry
+
+    registry.register("sampling", "test-preset", {"steps": 3, "guidance": 2.5})
+    assert registry.get("sampling", "test-preset") == {"steps": 3, "guidance": 2.5}
+    registry.register("detector", "test-lazy", "erase.stats:Rate")  # "module:attribute", imported on use
+    assert registry.get("detector", "test-lazy").__name__ == "Rate"
+
+    @registry.register("suite", "test-decorated")
+    def build(kind, name, size, **options):
+        return (kind, name, size, options)
+
+    assert registry.get("suite", "test-decorated")("prompts", "p", 32) == ("prompts", "p", 32, {})
+    with pytest.raises(KeyError, match="no photos named 'nope' is registered"):
+        registry.get("photos", "nope")
+    with pytest.raises(ValueError, match="unknown registry kind"):
+        registry.get("colours", "red")
+    # Model aliases: the toy world's are found through its plugin; a mistyped one names the valid ones.
+    assert registry.resolve_model("toy:t2i").endswith("t2i")
+    with pytest.raises(KeyError, match="toy:editor, toy:t2i"):
+        registry.resolve_model("toy:t2")
+    assert registry.resolve_model("tiny:sd1") is None and registry.resolve_model("some/hub-id") is None
+
+    from erase.evaluation.generate import settings_from
+
+    s = settings_from({"preset": "test-preset", "num_steps": 4, "scheduler": "ddim"})
+    assert (s.steps, s.guidance, s.extra["scheduler"]) == (4, 2.5, "ddim")
+    with pytest.raises(ValueError, match="unknown generation setting 'bogus'"):
+        settings_from({"bogus": 1})
