@@ -254,3 +254,13 @@ def test_a_new_method_is_one_registered_class_and_one_config(example_method, tmp
     assert torch.allclose(layer.weight, before * 0.5) and result.method == "scale-0.5"
     with pytest.raises(ConfigError, match="valid keys: factor, group"):
         check_config(_cfg(["method=example_scale", f"hydra.searchpath=[file://{example_method}]", "+method.params.scale=2"]))
+
+
+def test_every_registered_method_has_a_config_and_builds_with_its_defaults():
+    named = set()
+    for name in _names("method"):
+        method = OmegaConf.to_container(_cfg([f"method={name}"]).method, resolve=True)
+        named |= {s["name"] for s in stage_list(method)}
+    for name, cls in REGISTRY.items():
+        assert name in named, f"method {name!r} is registered but no configs/method/*.yaml runs it"
+        assert isinstance(build_method(name), cls)
