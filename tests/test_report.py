@@ -14,7 +14,6 @@ from erase.report import (
     image_grid,
     markdown_summary,
     render_evaluation_page,
-    render_leaderboard,
     save_image,
 )
 from erase.report.screenshot import dump_dom, find_chromium, screenshot
@@ -102,19 +101,7 @@ def test_evaluation_page(tmp_path: Path) -> None:
     assert "Eval &lt;run 1&gt;" in text and "esd &lt;x&gt;" in text and "<run 1>" not in text
 
 
-def test_leaderboard_and_markdown(tmp_path: Path) -> None:
-    runs = [
-        {"name": "base", "leakage": 0.40, "utility": 0.31},
-        {"name": "esd", "leakage": 0.05, "utility": 0.29},
-        {"name": "uce", "leakage": 0.12, "utility": 0.30},
-        {"name": "pending", "utility": 0.2},
-    ]
-    text = render_leaderboard(runs, tmp_path / "lb.html").read_text()
-    _assert_self_contained(text)
-    assert text.count('src="data:image/png;base64,') == 1
-    rows = re.findall(r"<tr><td[^>]*>(\d+)</td><td>([^<]*)</td>", text)
-    assert rows == [("1", "esd"), ("2", "uce"), ("3", "base"), ("4", "pending")]
-
+def test_markdown_summary() -> None:
     md = markdown_summary(SUMMARY + [{"protocol": "a|b", "flagged": 0}])
     lines = md.strip().splitlines()
     assert lines[0] == "| protocol | flagged | rate |" and lines[1] == "|---|---|---|"

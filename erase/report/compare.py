@@ -190,8 +190,9 @@ def attack_table(columns: Sequence[Column]) -> list[dict[str, Any]]:
     for c in columns:
         attacked: dict[str, list[Record]] = {}
         for r in c.records:
-            if r.get("attack") is not None:
-                attacked.setdefault(str(r["attack"]), []).append(r)
+            if r.get("attack") is not None:  # one row per attack and sweep setting ("guidance=12")
+                variant = (r.get("meta") or {}).get("attack_variant")
+                attacked.setdefault(f"{r['attack']} [{variant}]" if variant else str(r["attack"]), []).append(r)
         for name, recs in attacked.items():
             row = rows.setdefault(name, {"attack": name, "threat model": _threat(recs), "values": {}})
             if primary is not None:

@@ -95,10 +95,6 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
-
-
 def _columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -> list[str]:
     if columns is not None:
         return list(columns)
@@ -165,57 +161,6 @@ def render_evaluation_page(
             f"<h2>{html.escape(name)}</h2>",
             f'<figure><img alt="{alt}" src="{image_data_uri(grid)}"></figure>',
         ]
-    return _write(_page(title, body), path)
-
-
-def _scatter_png(runs: Sequence[Mapping[str, Any]], x_key: str, y_key: str, name_key: str) -> Image.Image:
-    # Figure + Agg canvas directly rather than pyplot: no global state, no display backend needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    points = [r for r in runs if _is_number(r.get(x_key)) and _is_number(r.get(y_key))]
-    ax.scatter([r[x_key] for r in points], [r[y_key] for r in points], color="#1f77b4", zorder=3)
-    for r in points:
-        ax.annotate(str(r.get(name_key, "")), (r[x_key], r[y_key]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=8)
-    ax.margins(0.15)  # room for the labels of points at the edges
-    ax.set_xlabel(f"{x_key} (higher is better)")
-    ax.set_ylabel(f"{y_key} (lower is better)")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
-
-
-def render_leaderboard(
-    runs: Sequence[Mapping[str, Any]],
-    path: str | Path,
-    x_key: str = "utility",
-    y_key: str = "leakage",
-    name_key: str = "name",
-    title: str = "Leaderboard",
-) -> Path:
-    """Runs compared: a table sorted by `y_key` ascending (least leakage first; runs without it last)
-    and a `y_key`-vs-`x_key` scatter with points labelled by `name_key`."""
-    def rank_key(run: Mapping[str, Any]) -> tuple[bool, float]:
-        y = run.get(y_key)
-        return (not _is_number(y), float(y) if _is_number(y) else 0.0)
-
-    ranked = sorted(runs, key=rank_key)
-    rows = [{"rank": i + 1, **r} for i, r in enumerate(ranked)]
-    cols = ["rank", name_key, y_key, x_key]
-    cols += [c for c in _columns(rows, None) if c not in cols]
-    plot = _scatter_png(runs, x_key, y_key, name_key)
-    body = [
-        html_table(rows, cols),
-        f"<h2>{html.escape(y_key)} vs {html.escape(x_key)}</h2>",
-        f'<figure><img alt="{html.escape(y_key)} vs {html.escape(x_key)}" src="{image_data_uri(plot)}"></figure>',
-    ]
     return _write(_page(title, body), path)
 
 

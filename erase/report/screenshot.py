@@ -62,3 +62,20 @@ def screenshot(
 def dump_dom(html_path: str | Path, timeout: float = 60) -> str:
     """The serialised DOM of the page after Chromium has loaded it."""
     return _run(html_path, ["--dump-dom"], timeout).stdout
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m erase.report.screenshot page.html out.png [--width W] [--height H]` (the README's images)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("html")
+    parser.add_argument("png")
+    parser.add_argument("--width", type=int, default=1200)
+    parser.add_argument("--height", type=int, default=1600)
+    args = parser.parse_args(argv)
+    print(screenshot(args.html, args.png, args.width, args.height))
+
+
+if __name__ == "__main__":
+    main()
