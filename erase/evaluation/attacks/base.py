@@ -272,6 +272,10 @@ class Attack(ABC):
     name: ClassVar[str]
     access: ClassVar[str]
     needs_clip_tokens: ClassVar[bool] = False  # optimises CLIP token embeddings (SD1/SD2-style text encoder)
+    # What the engine must supply, checked before any work: reference images (AttackTarget.images) and a photo
+    # to edit even on a text-to-image family (AttackTarget.photo; the img2img path there).
+    needs_references: ClassVar[bool] = False
+    needs_photo: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, adapter: DiffusionAdapter, target: AttackTarget, generator: torch.Generator | None = None) -> AttackResult:

@@ -43,6 +43,7 @@ PLACEHOLDER = "<concept>"
 class ConceptInversion(Attack):
     name = "concept-inversion"
     access = "white-box"
+    needs_references = True
     needs_clip_tokens = True
 
     steps: int = 5000

@@ -40,6 +40,7 @@ from erase.models.adapter import Conditioning, DiffusionAdapter
 class EmbeddingSpace(Attack):
     name = "embedding-space"
     access = "white-box"
+    needs_references = True  # reference images of the concept (forbidden results for editors)
 
     steps: int = 1000  # Adam steps per prompt (reference budget: the soft-prompt attacks' order of magnitude)
     lr: float = 1e-2

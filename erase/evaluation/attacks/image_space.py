@@ -74,6 +74,8 @@ def eps_label(eps: float) -> str:
 class ImageSpace(Attack):
     name = "image-space"
     access = "white-box"
+    needs_references = True  # reference images of the concept (forbidden results for editors)
+    needs_photo = True  # a photo to edit on every family (text-to-image: the img2img path)
 
     eps: tuple[float, ...] = (8 / 255, 16 / 255)  # L-inf budgets in [0, 1] pixel units (AdvI2I: 8/255, 16/255)
     steps: int = 100  # PGD iterations per budget

@@ -71,6 +71,7 @@ def gaussian_stats(x: Tensor) -> dict[str, float]:
 class BaseInversion(Attack):
     name = "base-inversion"
     access = "white-box+original"
+    needs_references = True  # reference images of the concept (forbidden results for editors)
 
     num_steps: int = 50
     prompt: str = ""  # inversion and regeneration prompt / instruction: empty = text-free
@@ -96,6 +97,7 @@ class BaseInversion(Attack):
 class NoiseInjection(Attack):
     name = "noise-injection"
     access = "white-box"
+    needs_references = True  # reference images of the concept (forbidden results for editors)
 
     strengths: tuple[float, ...] = (0.25, 0.5, 0.75)  # share of the schedule re-noised (1 = pure noise)
     num_steps: int = 50
@@ -141,6 +143,7 @@ class NoiseInjection(Attack):
 class InversionLikelihood(Attack):
     name = "inversion-likelihood"
     access = "white-box"
+    needs_references = True  # reference images of the concept (forbidden results for editors)
 
     num_steps: int = 50
     prompt: str = ""

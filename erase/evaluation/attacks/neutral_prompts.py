@@ -26,6 +26,7 @@ from erase.models.adapter import DiffusionAdapter
 class NeutralPrompts(Attack):
     name = "neutral-prompts"
     access = "black-box"
+    needs_references = False  # reference images of the concept (forbidden results for editors)
 
     prompts: tuple[str, ...] = ()  # overrides AttackTarget.neutral
     negative_words: tuple[str, ...] = ()  # overrides AttackTarget.negative_words

@@ -73,6 +73,7 @@ def invert_step(adapter: DiffusionAdapter, x: Tensor, t: Tensor | None, t_next: 
 class PhotoInversion(Attack):
     name = "reconstruction"
     access = "white-box"
+    needs_references = True
 
     num_steps: int = 50  # inversion and regeneration grid
     prompt: str = ""  # inversion / regeneration prompt (edit instruction for editing families): empty = text-free

@@ -69,6 +69,7 @@ class _Denoising(FineTuneMethod):
 class Relearning(Attack):
     name = "relearning"
     access = "white-box"
+    needs_references = True
 
     steps: int = 100
     lr: float = 1e-5

@@ -42,6 +42,7 @@ def check_scheduler(name: str) -> None:
 class SettingsSweep(Attack):
     name = "settings-sweep"
     access = "black-box"
+    needs_references = False  # reference images of the concept (forbidden results for editors)
 
     guidance: tuple[float, ...] = (1.0, 3.0, 12.0, 20.0)
     image_guidance: tuple[float, ...] = (1.0, 3.0)

@@ -50,6 +50,7 @@ from erase.evaluation.attacks.base import (
 class UnlearnDiffAtk(Attack):
     name = "unlearndiffatk"
     access = "white-box"
+    needs_references = True
     needs_clip_tokens = True
 
     k: int = 5  # adversarial prefix tokens
