@@ -86,6 +86,10 @@ def _acquire(lock: Path) -> int:
             holder = _read_holder(fd)
             os.close(fd)
             raise OutDirLocked(lock.parent, holder) from None
+        except OSError as err:  # e.g. a network filesystem without locks
+            os.close(fd)
+            raise OutDirError(f"cannot lock {lock} ({err}): out_dir must be on a filesystem with file locks (a local "
+                              "disk); pass another out_dir") from err
         # The holder may have unlinked the file between our open and our flock: then we locked an orphan inode
         # that nobody else sees; start again on the file now at that path.
         try:

@@ -328,16 +328,26 @@ def clean_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     complete = set(checkpoints(root))
-    stale = [p for p in root.iterdir() if p.is_dir() and p not in complete
+    stale = [p for p in root.iterdir() if p.is_dir() and p not in complete and not _legacy(p)
              and (p.name.startswith((".tmp-step-", ".del-step-")) or re.fullmatch(r"step-\d+", p.name))]
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
     return sorted(stale)
 
 
+def _legacy(folder: Path) -> bool:
+    """A complete checkpoint of an older erase (optimiser state as a pickle, optimizer.pt): kept, never loaded."""
+    return all((folder / f).is_file() for f in ("trainable.safetensors", "optimizer.pt", "state.json"))
+
+
 def resume(root: Path, model, optimizer, setup: Mapping[str, Any], cfg: TrainConfig, say: Callable[[str], None] = print) -> int:
     """Load the newest usable checkpoint (its step), or 0. Non-finite checkpoints are skipped, with the folder named;
     one made by a differently configured run is refused (ResumeMismatchError)."""
+    legacy = sorted(p for p in root.iterdir() if p.is_dir() and _legacy(p)) if root.is_dir() else []
+    if legacy and not checkpoints(root):
+        raise ResumeMismatchError(
+            f"{legacy[-1]} is a checkpoint of an older erase, whose optimiser state is a pickle (optimizer.pt), which "
+            f"erase no longer loads. Start fresh with another out_dir, or delete {root} to retrain here")
     for path in reversed(checkpoints(root)):
         state = _read_state(path)
         check_resumable(path, state, setup, cfg)

@@ -142,6 +142,14 @@ def test_stale_temporaries_and_half_deleted_checkpoints_are_cleaned_on_start(tmp
     assert r.resumed_from == 0
     assert sorted(p.name for p in root.iterdir()) == ["step-0000001"]
 
+    old = tmp_path / "old" / "checkpoints" / "step-0000002"  # a complete checkpoint of an older erase: never deleted
+    old.mkdir(parents=True)
+    for name in ("trainable.safetensors", "optimizer.pt", "state.json"):
+        (old / name).write_bytes(b"{}")
+    with pytest.raises(ResumeMismatchError, match="older erase.*pickle"):
+        train(ESD(**FAST_ESD), tiny_adapter(), CONCEPT, cfg(steps=2), tmp_path / "old")
+    assert sorted(p.name for p in old.iterdir()) == ["optimizer.pt", "state.json", "trainable.safetensors"]
+
 
 def test_changed_weights_file_is_byte_reproducible_and_its_hash_is_in_the_card(tmp_path):
     runs = [erase(tiny_adapter(), ESD_FAST, CONCEPT, tmp_path / f"run{i}") for i in range(2)]
