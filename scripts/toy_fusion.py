@@ -12,6 +12,7 @@ ball phrasings, and benign prompts' attribute accuracy (prompts without a ball; 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -25,7 +26,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from erase.concept import Concept  # noqa: E402
 from erase.configs import CONFIGS  # noqa: E402
-from erase.methods.lora_fusion import erase_concepts_fused  # noqa: E402
+from erase.methods.lora_fusion import fuse_adapters, train_concept_loras  # noqa: E402
 from erase.models.adapter import DiffusionAdapter  # noqa: E402
 from erase.stats import Rate  # noqa: E402
 from erase.toyworld import SAMPLING, load_detector, load_t2i  # noqa: E402
@@ -73,12 +74,15 @@ def main() -> None:
                 for c in ("toy_exposed", "toy_ball")]
     det = load_detector()
     results = {"base": measure(load_t2i(), det, args.n)}
-    for mode in ("closed-form", "merge"):  # the second fusion reuses the trained adapters (their final checkpoints)
-        pipe = load_t2i()
-        t0 = time.time()
-        stats = erase_concepts_fused(DiffusionAdapter(pipe), [(c, method) for c in concepts], out / "loras", mode=mode,
-                                     cpu=True)
-        results[mode] = {**measure(pipe, det, args.n), "seconds": round(time.time() - t0), **stats}
+    pipe = load_t2i()
+    t0 = time.time()
+    names, stats = train_concept_loras(DiffusionAdapter(pipe), [(c, method) for c in concepts], out / "loras", cpu=True)
+    stats["train_seconds"] = round(time.time() - t0)
+    preserve = list(dict.fromkeys(p for c in concepts for p in c.preserve))
+    for mode in ("closed-form", "merge"):  # the same two trained adapters, fused two ways
+        fused = copy.deepcopy(pipe)
+        stats.update(fuse_adapters(DiffusionAdapter(fused), names, mode=mode, preserve=preserve))
+        results[mode] = {**measure(fused, det, args.n), **stats}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     for name, r in results.items():
         print(name, json.dumps(r))

@@ -78,26 +78,15 @@ def fuse_adapters(
     return {"fused_adapters": float(len(names)), "closed_form_layers": float(solved), "merged_layers": float(len(new_weights) - solved)}
 
 
-def erase_concepts_fused(
-    adapter: DiffusionAdapter,
-    jobs: list[tuple[Concept, Mapping]],
-    out_dir,
-    mode: str = "closed-form",
-    preserve: list[str] | None = None,
-    seed: int = 0,
-    lamb: float = 0.1,
-    preserve_scale: float = 1.0,
-    **train_overrides,
-) -> dict[str, float]:
-    """Several concepts erased at once, MACE's way: one LoRA adapter per concept, each trained on its own against
-    the base model (`jobs`: (concept, method config with a `lora:` block), run in order, in out_dir/<concept id>),
-    then fused into the base weights by `fuse_adapters`. `preserve` defaults to every concept's preserve prompts."""
+def train_concept_loras(adapter: DiffusionAdapter, jobs: list[tuple[Concept, Mapping]], out_dir, seed: int = 0,
+                        **train_overrides) -> tuple[dict[str, Concept], dict[str, float]]:
+    """One LoRA adapter per concept, each trained on its own against the base model (`jobs`: (concept, method config
+    with a `lora:` block), in order, in out_dir/<concept id>); left attached. Returns {adapter name: concept}."""
     from pathlib import Path
 
     from erase.methods.registry import build_method
-    from erase.training import lora_name, train
-
     from erase.run import make_train_config  # the same training config every run builds
+    from erase.training import lora_name, train
 
     names: dict[str, Concept] = {}
     stats: dict[str, float] = {}
@@ -112,6 +101,23 @@ def erase_concepts_fused(
         run = train(method, adapter, concept, train_cfg, Path(out_dir) / concept.id)
         stats[f"{concept.id}/final_loss"] = run.history[-1]["loss"] if run.history else float("nan")
         names[name] = concept
+    return names, stats
+
+
+def erase_concepts_fused(
+    adapter: DiffusionAdapter,
+    jobs: list[tuple[Concept, Mapping]],
+    out_dir,
+    mode: str = "closed-form",
+    preserve: list[str] | None = None,
+    seed: int = 0,
+    lamb: float = 0.1,
+    preserve_scale: float = 1.0,
+    **train_overrides,
+) -> dict[str, float]:
+    """Several concepts erased at once, MACE's way: `train_concept_loras`, then `fuse_adapters` into the base
+    weights. `preserve` defaults to every concept's preserve prompts."""
+    names, stats = train_concept_loras(adapter, jobs, out_dir, seed, **train_overrides)
     if preserve is None:
         preserve = list(dict.fromkeys(p for c in names.values() for p in c.preserve))
     stats.update(fuse_adapters(adapter, names, mode=mode, preserve=preserve, preserve_scale=preserve_scale, lamb=lamb))
