@@ -259,7 +259,8 @@ def evaluate(
 
     store = ResultsStore(out / "parts" / f"rank-{dist.rank}-of-{dist.world}.jsonl")
     existing = {r["key"]: r for r in store.records()}
-    all_units: list[_Unit] = []
+    # Keys only: an attack group's items (and the relearned weights their renderers hold) are freed once run.
+    all_keys: list[str] = []
     for suite in suites:
         suite.reset_notes()
         if suite.attack and dist.world > 1 and dist.rank != 0:
@@ -273,14 +274,15 @@ def evaluate(
                 raise ValueError(f"suite {suite.name!r} has duplicate item ids: results would overwrite each other")
             ids |= {it.id for it in items}
             for v in (runnable[:1] if suite.attack else runnable):  # attacks: the model as it is
-                all_units += _plan(suite, v, items, spec, notes, None, 1 if suite.attack else dist.world)
+                all_keys += [u.key for u in _plan(suite, v, items, spec, notes, None,
+                                                  1 if suite.attack else dist.world)]
                 mine = _plan(suite, v, items, spec, notes, 0 if suite.attack else dist.rank,
                              1 if suite.attack else dist.world)
                 _run(mine, pipe, spec, detector, protos, s_settings, base, size, store, existing, out, batch_size,
                      save_images, blur, progress, on_record)
         notes += [n for n in suite.notes if n not in notes]  # already logged by the suite
 
-    if suites and not all_units:
+    if suites and not all_keys:
         raise ValueError("this evaluation would measure nothing: no suite produced an image to generate for a "
                          f"{spec.name!r} model ({'; '.join(notes) or 'every suite is empty'})")
     if dist.barrier is not None:
@@ -290,7 +292,7 @@ def evaluate(
     elif dist.rank != 0 and any(s.attack for s in suites):
         return {"complete": False, "rank": dist.rank, "world": dist.world, "notes": notes + [
             "attack suites run on rank 0, which merges the results (rerun rank 0 once the other ranks are done)"]}
-    expected = {u.key for u in all_units}
+    expected = set(all_keys)
     records = [r for part in sorted((out / "parts").glob(f"rank-*-of-{dist.world}.jsonl"))
                for r in read_records(part) if r["key"] in expected]
     missing = expected - {r["key"] for r in records}
