@@ -78,9 +78,10 @@ def _run_task(cfg: DictConfig, out: Path) -> dict[str, Any]:
         return _finish(summary, out)
     evaluating = cfg.task == "erase_and_eval" and eval_cfg.get("suites")
     base_dir = base_eval_dir(eval_cfg, adapter, concept, model, out) if evaluating else None
-    if evaluating:
-        summary["base"] = evaluate_adapter(adapter, eval_cfg, base_dir, f"{model['name']} (base)", concept,
-                                           wandb=cfg.wandb, baselines=True)
+    if evaluating:  # a shared base cache is written by one run at a time; the next one waits, then reuses it
+        with locked_out_dir(base_dir, wait=True) if is_main_rank() and eval_cfg.get("base_cache") else nullcontext():
+            summary["base"] = evaluate_adapter(adapter, eval_cfg, base_dir, f"{model['name']} (base)", concept,
+                                               wandb=cfg.wandb, baselines=True)
 
     original = adapter.frozen_copy() if evaluating and eval_cfg.get("attacks") else None  # P4D needs the model before
     result = erase(adapter, method_cfg, concept, out, seed=cfg.seed, do_export=False, cpu=bool(cfg.cpu), wandb=bool(cfg.wandb))

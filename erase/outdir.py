@@ -55,8 +55,9 @@ def is_main_rank() -> bool:
 
 
 @contextmanager
-def locked_out_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Prepare `path` and hold its lock for the block; OutDirLocked naming the holder if another run has it."""
+def locked_out_dir(path: str | os.PathLike, wait: bool = False) -> Iterator[Path]:
+    """Prepare `path` and hold its lock for the block; OutDirLocked naming the holder if another run has it, or
+    with `wait` (a folder runs share on purpose, such as the base-evaluation cache) wait for it, saying for whom."""
     out = prepare_out_dir(path)
     key = out.resolve()
     if key in _held:  # this process already holds it (CLI run -> erase())
@@ -68,7 +69,7 @@ def locked_out_dir(path: str | os.PathLike) -> Iterator[Path]:
             fd, depth = _held[key]
             _held[key] = (fd, depth - 1)
         return
-    fd = _acquire(key / LOCK_NAME)
+    fd = _acquire(key / LOCK_NAME, wait)
     _held[key] = (fd, 1)
     try:
         yield out
@@ -77,15 +78,21 @@ def locked_out_dir(path: str | os.PathLike) -> Iterator[Path]:
         _release(key / LOCK_NAME, fd)
 
 
-def _acquire(lock: Path) -> int:
+def _acquire(lock: Path, wait: bool = False) -> int:
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise OutDirLocked(lock.parent, holder) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                if not wait:
+                    os.close(fd)
+                    raise OutDirLocked(lock.parent, holder) from None
+                print(f"waiting for another erase run ({holder}), which is writing {lock.parent}", flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OutDirLocked:
+            raise
         except OSError as err:  # e.g. a network filesystem without locks
             os.close(fd)
             raise OutDirError(f"cannot lock {lock} ({err}): out_dir must be on a filesystem with file locks (a local "

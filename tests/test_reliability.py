@@ -257,6 +257,28 @@ def test_a_run_killed_mid_training_is_resumed_by_the_next_one(tmp_path, capsys):
     assert all(not p.name.startswith(".") for p in (tmp_path / "checkpoints").iterdir())
 
 
+def test_a_shared_folder_is_waited_for_not_written_by_two_runs_at_once(tmp_path):
+    """The base-evaluation cache is shared by runs on purpose: the second one waits for the first, then goes on."""
+    waiter_code = textwrap.dedent("""
+        import sys
+        from erase.outdir import locked_out_dir
+        with locked_out_dir(sys.argv[1], wait=True):
+            print("got it", flush=True)
+    """)
+    holder = _holder(tmp_path)
+    waiter = subprocess.Popen([sys.executable, "-c", waiter_code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert f"waiting for another erase run (pid {holder.pid}" in waiter.stdout.readline()
+        assert waiter.poll() is None  # still waiting: the holder has not let go
+        holder.communicate("\n", timeout=60)  # the first run finishes
+        assert waiter.stdout.readline().strip() == "got it"
+        assert waiter.wait(timeout=60) == 0
+    finally:
+        for p in (holder, waiter):
+            if p.poll() is None:
+                p.kill()
+
+
 def test_export_temporaries_are_unique_per_process(tmp_path, monkeypatch):
     a = tiny_adapter()
     before = snapshot(a)
