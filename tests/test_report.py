@@ -293,8 +293,20 @@ def test_comparison_and_leaderboard_dom_in_chromium(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     _run(runs, "0-esd-u", "esd-u", 6, 2)
     _run(runs, "2-editor", "edit-refusal", 7, 5, model_hash="bbbb2222")
-    lb = dump_dom(write_leaderboard(runs, tmp_path / "lb")["page"])
+    page = Path(write_leaderboard(runs, tmp_path / "lb")["page"])
+    lb = dump_dom(page)
     assert lb.count('<section class="group"') == 2 and lb.count("<table") == 2
+
+    # sorting: two clicks on "leakage (worst suite)" of the first group sort it descending
+    _run(runs, "1-uce", "uce", 6, 1)
+    page = Path(write_leaderboard(runs, tmp_path / "lb")["page"])
+    clicked = page.with_name("clicked.html")
+    table = "Array.from(document.querySelectorAll('section.group')).find(s => s.textContent.includes('toy-t2i'))"
+    th = f"{table}.querySelector('table').tHead.rows[0].cells[3]"
+    clicked.write_text(page.read_text().replace("</body>", f"<script>{th}.click(); {th}.click();</script></body>"))
+    first = next(g for g in dump_dom(clicked).split('<section class="group"') if "toy-t2i" in g)
+    order = re.findall(r"<td>(uce|esd-u|base model \(no erasure\))</td>", first)
+    assert order == ["base model (no erasure)", "esd-u", "uce"]  # 75% > 25% > 12.5%
 
 
 # ------------------------------------------------------------------------------------------------ launches

@@ -295,7 +295,7 @@ def card_evaluation(columns: Sequence[Column], known_attacks: Sequence[str] = ()
         if detector:
             break
     attacks = attack_table(columns)
-    ran = {a["attack"] for a in attacks}
+    ran = {a["attack"].split(" [", 1)[0] for a in attacks}  # "settings-sweep [guidance=12]" ran settings-sweep
     return {"columns": [c.label for c in columns], "detector": detector,
             "protocols": protocols_of(r for c in columns for r in c.records),
             "leakage": plain(leakage_table(columns)), "utility": plain(utility_table(columns)),
