@@ -492,8 +492,9 @@ def test_bad_attack_input_fails_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="n_prompts must be a positive integer"):
         AttackSpec.from_config({"name": "unlearndiffatk", "n_prompts": -1})
     sd1 = DiffusionAdapter(tiny_pipeline("sd1"))
-    with pytest.raises(AttackError, match="reference images"):
-        AttackSuite([{"name": "photo-inversion"}], AttackMaterial(prompts=["a red square"]), sd1)
+    for name in ("photo-inversion", "unlearndiffatk"):  # both learn from images of the concept
+        with pytest.raises(AttackError, match="reference images"):
+            AttackSuite([{"name": name}], AttackMaterial(prompts=["a red square"]), sd1)
     ip2p = DiffusionAdapter(tiny_pipeline("ip2p"))
     with pytest.raises(AttackError, match="edits photos"):
         AttackSuite([{"name": "unlearndiffatk"}],

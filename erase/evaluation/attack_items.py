@@ -155,7 +155,7 @@ class AttackSuite(Suite):
             what = "forbidden edit instructions (the concept's edits_file)" if path in ("instruct", "kontext") \
                 else "concept prompts (the concept's prompts / prompts_file)"
             raise AttackError(f"attack {spec.key!r} on the {path!r} path needs {what}; none were given")
-        needs_refs = getattr(attack, "needs_references", attack.name in NEEDS_REFERENCES)
+        needs_refs = bool(getattr(attack, "needs_references", False)) or attack.name in NEEDS_REFERENCES
         if needs_refs and not m.references:
             raise AttackError(f"attack {spec.key!r} learns from reference images of the concept; give them with "
                               f"eval.attack_material.references={{folder: <path>}} (or {{dataset: <id>}})")
