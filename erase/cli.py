@@ -75,6 +75,14 @@ def _run_task(cfg: DictConfig, out: Path) -> dict[str, Any]:
         summary["model_path"] = str(model["path"])
         summary["evaluation"] = evaluate_adapter(adapter, eval_cfg, out / "eval", str(model["path"]), concept,
                                                  wandb=cfg.wandb, baselines=True)
+        if state.is_main_process:  # the same page as erase_and_eval's: the model (and any baselines), with intervals
+            from erase.report.compare import columns_from_eval
+            from erase.report.runs import photo_lookup, write_run_report
+
+            page, summary["comparison"] = write_run_report(
+                out, columns_from_eval(out / "eval", "model"), {"model": str(model["path"]), "family": adapter.family},
+                f"Evaluation of {model['path']}", photo_lookup(eval_cfg, adapter))
+            summary["report"] = str(page)
         return _finish(summary, out)
     evaluating = cfg.task == "erase_and_eval" and eval_cfg.get("suites")
     base_dir = base_eval_dir(eval_cfg, adapter, concept, model, out) if evaluating else None
@@ -180,7 +188,7 @@ def _finish(summary: dict[str, Any], out: Path) -> dict[str, Any]:
         print(f"\n{'metric':<{width}}  {'base':>8}  {'erased':>8}  {'change':>8}")
         for r in rows:
             print(f"{r['metric']:<{width}}  {r['base']:>8}  {r['erased']:>8}  {r['change']:>8}")
-    if ev := summary.get("evaluation"):
+    if (ev := summary.get("evaluation")) and not summary.get("comparison"):  # the table above has them with n
         for key, value in sorted(ev.get("metrics", {}).items()):
             print(f"{key}: {_pct(value)}")
         if ev.get("report"):
@@ -193,7 +201,8 @@ def _finish(summary: dict[str, Any], out: Path) -> dict[str, Any]:
     if ex := summary.get("export"):
         print(f"hardened checkpoint: {ex.get('pipeline')} (card: {ex.get('card')})")
     if summary.get("report"):
-        print(f"report (base and erased side by side): {summary['report']}")
+        side_by_side = " (base and erased side by side)" if summary.get("erased") else ""
+        print(f"report{side_by_side}: {summary['report']}")
     else:
         for name in ("base", "erased"):
             if page := summary.get(name, {}).get("report"):

@@ -118,10 +118,12 @@ def terminal_table(evaluation: Mapping[str, Any], base: str = "base", erased: st
     if not rows:
         return ""
     cols = [c for c in (base, erased) if any(c in v for _, v in rows)]
-    table = [("", *cols, "change" if len(cols) == 2 else "")]
+    if len(cols) < 2:  # not a base/erased pair (task=evaluate): every column measured, no change column
+        cols = [c for c in evaluation.get("columns") or [] if any(c in v for _, v in rows)][:3]
+    table = [("", *cols, "change" if len(cols) == 2 and cols == [base, erased] else "")]
     for name, values in rows:
         cells = [_cell(values.get(c)) for c in cols]
-        table.append((name, *cells, _delta(values.get(cols[0]), values.get(cols[1])) if len(cols) == 2 else ""))
+        table.append((name, *cells, _delta(values.get(base), values.get(erased)) if cols == [base, erased] else ""))
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
              for r in table]
