@@ -416,3 +416,18 @@ def test_noise_injection_of_a_strength_one_starts_from_noise(sd1, target):
         get_attack("noise-injection", strengths=[0.0])
     with pytest.raises(AttackError, match="original"):
         get_attack("base-inversion").run(sd1, AttackTarget(prompts=[PROMPT], images=images(1, 0)), gen(0))
+
+
+def test_editors_are_attacked_on_their_own_threat():
+    """Editors: the forbidden instruction with held-out photos; concept inversion and relearning learn from
+    (photo, forbidden result) pairs, photo i conditioning result i."""
+    ip2p = DiffusionAdapter(tiny_pipeline("ip2p"))
+    before = snapshot(ip2p)
+    t = edit_target()
+    image = t.image_condition(ip2p, 2)
+    torch.testing.assert_close(image.latents, ip2p.image_condition(t.photo).latents)  # pairs kept in order
+    ci = get_attack("concept-inversion", steps=3, eval_points=2, resample_noise=False).run(ip2p, t, gen(0))
+    assert ci.final_loss < ci.initial_loss and ci.photo is t.photo
+    rl = get_attack("relearning", steps=2, lr=1e-3, group="xattn").run(ip2p, t, gen(0))
+    assert rl.weights_delta and rl.photo is t.photo
+    assert_untouched(ip2p, before)
