@@ -39,6 +39,20 @@ def compose_config(overrides: Sequence[str] = (), out_dir: str | Path | None = N
         return compose("config", overrides=args)
 
 
+def _model_overrides(model: str | Path) -> list[str]:
+    """A model config name ("toy", "sd15"), or a local pipeline folder / hub id: then the family is read from the
+    pipeline and the size from the model."""
+    from erase.configs import CONFIGS
+
+    name = str(model)
+    if (CONFIGS / "model" / f"{name}.yaml").is_file():
+        return [f"model={name}"]
+    local = Path(name).expanduser()
+    path = str(local.resolve()) if local.exists() else name
+    return ["model=toy", f"model.path={path}", f"model.name={Path(path).name or path}", "model.family=null",
+            "model.size=null"]
+
+
 def _group_overrides(**groups: str | None) -> list[str]:
     out = []
     for group, name in groups.items():
@@ -59,11 +73,12 @@ def erase(
     overrides: Sequence[str] = (),
     export: bool = True,
 ) -> dict[str, Any]:
-    """Erase `concept` from `model` with `method` (config names, as on the command line), export the hardened
+    """Erase `concept` from `model` (a model config name, a local pipeline folder or a hub id) with `method`
+    (config names, as on the command line), export the hardened
     checkpoint under out_dir/export, and evaluate before and after when `eval` names suites (default: none)."""
     from erase.cli import run_task
 
-    groups = _group_overrides(model=model, method=method, concept=concept, eval=eval, experiment=experiment)
+    groups = [*_model_overrides(model), *_group_overrides(method=method, concept=concept, eval=eval, experiment=experiment)]
     task = "erase" if eval == "none" else "erase_and_eval"
     cfg = compose_config([*groups, f"task={task}", f"export={str(bool(export)).lower()}", *overrides], out_dir)
     return run_task(cfg)
@@ -80,17 +95,8 @@ def evaluate(
     """Evaluate a model as given: a model config name ("toy"), a local pipeline folder (an erase export or any
     diffusers folder, e.g. another project's erased checkpoint), a hub id, or a loaded pipeline / DiffusionAdapter.
     Results land in out_dir/eval (records, report) and out_dir/summary.json."""
-    from erase.configs import CONFIGS
-
     if isinstance(model_or_path, (str, Path)):
-        name = str(model_or_path)
-        if (CONFIGS / "model" / f"{name}.yaml").is_file():
-            model = [f"model={name}"]
-        else:  # a folder or hub id: the family is read from the pipeline, the size from the model unless given
-            local = Path(name).expanduser()
-            path = str(local.resolve()) if local.exists() else name
-            model = ["model=toy", f"model.path={path}", f"model.name={Path(path).name or path}", "model.family=null",
-                     "model.size=null"]
+        model = _model_overrides(model_or_path)
         from erase.cli import run_task
 
         cfg = compose_config([*model, f"eval={eval}", f"concept={concept}", "task=evaluate", *overrides], out_dir)

@@ -126,3 +126,15 @@ def test_python_api_example(tmp_path, monkeypatch):
     assert report["evaluation"]["rates"]["prompts/toy"]["n"] == 4
     assert (tmp_path / "runs" / "toy-eval" / "summary.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing else in the working directory
+
+
+def test_python_api_evaluates_a_loaded_pipeline(tmp_path):
+    """`erase.evaluate` on a model in memory (here a tiny random SD1): the same engine and summary, nothing loaded."""
+    import erase
+    from erase.models.tiny import tiny_pipeline
+
+    small = ["eval.suites.prompts.n=2", "eval.suites.utility.n_prompts=2", "eval.suites.prompts-train-phrase=null",
+             "eval.suites.edits=null", "eval.suites.benign-edits=null"]
+    summary = erase.evaluate(tiny_pipeline("sd1"), eval="toy", out_dir=tmp_path / "ev", overrides=small)
+    assert summary["evaluation"]["rates"]["prompts/toy"]["n"] == 2
+    assert (tmp_path / "ev" / "summary.json").is_file() and (tmp_path / "ev" / "eval").is_dir()
