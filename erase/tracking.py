@@ -30,26 +30,28 @@ def active() -> Any:
 
 
 def start(out_dir: str | os.PathLike, project: str = "erase", config: Mapping[str, Any] | None = None,
-          name: str | None = None) -> Any:
-    """Start this process's run (finishing an earlier one). Config must not hold prompt text (see erase.card)."""
+          name: str | None = None, mode: str | None = None) -> Any:
+    """Start this process's run (finishing an earlier one). `mode`: a wandb mode for this run only (default:
+    WANDB_MODE, else offline). Config must not hold prompt text (see erase.card)."""
     global _run
     import wandb
 
     finish()
     root = _prepare(out_dir)
     _run = wandb.init(project=project, dir=str(root), config=dict(config or {}), name=name,
-                      mode=os.environ["WANDB_MODE"])
+                      mode=mode or os.environ["WANDB_MODE"])
     return _run
 
 
-def ensure_run(out_dir: str | os.PathLike, project: str = "erase", config: Mapping[str, Any] | None = None) -> bool:
+def ensure_run(out_dir: str | os.PathLike, project: str = "erase", config: Mapping[str, Any] | None = None,
+               mode: str | None = None) -> bool:
     """Join the active run (its config gains `config` under keys it lacks) or start one; True when this call
     started it (the caller finishes it)."""
     if _run is not None:
         if config:
             _run.config.update({k: v for k, v in dict(config).items() if k not in _run.config}, allow_val_change=True)
         return False
-    start(out_dir, project, config)
+    start(out_dir, project, config, mode=mode)
     return True
 
 

@@ -509,10 +509,10 @@ def _log_wandb(summary: Mapping[str, Any], grids: Mapping[str, Image.Image], met
 
     from erase import tracking
 
-    if mode is not True:  # an explicit wandb mode ("online", "disabled"); True = offline unless WANDB_MODE says
-        os.environ.setdefault("WANDB_MODE", str(mode))
-    # The erase run's one wandb run (the CLI's) when there is one; else a run of this evaluation alone.
-    owns = tracking.ensure_run(out, project, {"evaluation": {k: str(v) for k, v in meta.items()}})
+    # The erase run's one wandb run (the CLI's) when there is one; else a run of this evaluation alone, in the
+    # mode given ("online", "disabled"; True = offline unless WANDB_MODE says otherwise).
+    owns = tracking.ensure_run(out, project, {"evaluation": {k: str(v) for k, v in meta.items()}},
+                               mode=None if mode is True else str(mode))
     flat: dict[str, Any] = {}
 
     def add(prefix: str, value: Any) -> None:
