@@ -126,6 +126,7 @@ class AttackSuite(Suite):
         self.unattacked = unattacked
         self._done: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
         self._skip: dict[str, str] = {}
+        self._paths: dict[str, str] = {}
         self.statistics: dict[str, dict[str, Any]] = {}
         for s in self.specs:
             self._validate(s)
@@ -133,10 +134,31 @@ class AttackSuite(Suite):
     # -------------------------------------------------------------- validation (before any work)
 
     def path_of(self, spec: AttackSpec | None) -> str:
+        """The generation path attacked: the family's threat for the unattacked rows, the resolved one per attack."""
+        if spec is not None and spec.key in self._paths:
+            return self._paths[spec.key]
         editing = self.adapter.spec.editing
         if editing not in THREAT_PATHS:
             raise ValueError(f"family {self.adapter.spec.name!r} (editing={editing!r}) has no known threat path")
-        return (spec.path if spec is not None and spec.path else None) or THREAT_PATHS[editing]
+        return THREAT_PATHS[editing]
+
+    def _resolve_path(self, spec: AttackSpec, attack: Any) -> str | None:
+        """The spec's path where the family has it; an attack that edits photos (`needs_photo`) falls back to the
+        family's editing path (img2img on a text-to-image family); otherwise None: not applicable to this family
+        (one attack list serves every family of a config)."""
+        from erase.evaluation.generate import supported_paths
+
+        available = supported_paths(self.adapter.spec)
+        threat = self.path_of(None)
+        wanted = spec.path or threat
+        if wanted in available and not (getattr(attack, "needs_photo", False) and wanted == "t2i"):
+            return wanted
+        if getattr(attack, "needs_photo", False):
+            own = attack.path(self.adapter) if callable(getattr(attack, "path", None)) else None
+            for path in (own, threat if threat in EDIT_PATHS else None, "img2img"):
+                if path in available:
+                    return path
+        return None
 
     def _validate(self, spec: AttackSpec) -> None:
         from erase.evaluation.attacks import AttackError
@@ -144,10 +166,13 @@ class AttackSuite(Suite):
 
         attack = self.attacks[spec.key]
         family = self.adapter.spec
-        path = self.path_of(spec)
-        if path not in supported_paths(family):
-            raise AttackError(f"attack {spec.key!r}: a {family.name!r} model cannot run the {path!r} path "
-                              f"(it supports {', '.join(supported_paths(family))})")
+        path = self._resolve_path(spec, attack)
+        if path is None:
+            self._skip[spec.key] = (f"{spec.key}: a {family.name!r} model has no {spec.path or 'photo-editing'} path "
+                                    f"(it supports {', '.join(supported_paths(family))})")
+            self._note(f"attack {self._skip[spec.key]}; not measured", loading=True)
+            return
+        self._paths[spec.key] = path
         attack.check(self.adapter)  # the family the attack cannot take: AttackError naming why
         m = self.material
         texts = m.instructions if path in ("instruct", "kontext") else m.prompts
