@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from erase.concept import Concept
 from erase.methods.base import FineTuneMethod, MethodError, Original, prediction_loss
 from erase.methods.registry import register
+from erase.methods.robust import ROBUST_OFF, RobustTerms, Site, with_robust
 from erase.models.adapter import Conditioning, DiffusionAdapter, ImageCondition
 from erase.photos import PhotoSet, load_photos
 
@@ -64,6 +65,7 @@ class EditRefusal(FineTuneMethod):
         batch_size: int = 4,
         photos: dict | None = None,
         loss_weighting: str = "eps",
+        robust: dict | None = ROBUST_OFF,  # erase.methods.robust: adversaries, closed doors, relearning resistance
     ):
         if path != "auto" and path not in PATHS:
             raise MethodError(f"edit_refusal path must be auto or one of {PATHS}, got {path!r}")
@@ -75,6 +77,7 @@ class EditRefusal(FineTuneMethod):
         self.preserve_weight, self.text_agnostic_weight = preserve_weight, text_agnostic_weight
         self.batch_size, self.photo_cfg = batch_size, dict(photos or {"source": "toy", "n": 128})
         self.loss_weighting = loss_weighting
+        self.robust = RobustTerms(robust)
 
     @staticmethod
     def path_for(spec) -> str:
@@ -115,12 +118,13 @@ class EditRefusal(FineTuneMethod):
             if photos.counterparts is not None:
                 cp = photos.counterparts.to(adapter.device)
                 self.x0_counter = torch.cat([adapter.encode_images(cp[i : i + 16]) for i in range(0, len(cp), 16)])
-            self.image = None
+            self.image, self.photo_pixels, self.photo_masks = None, images, photos.masks
             if path != "sdedit":
                 masks = photos.masks.to(adapter.device)
                 self.image = ImageCondition(torch.cat([
                     adapter.image_condition(images[i : i + 16], masks[i : i + 16]).latents for i in range(0, len(images), 16)
                 ]))
+        self.robust.setup(adapter, original, self.name, [w for w in [safe, *benign] if w], image_path=path != "sdedit")
 
     # ------------------------------------------------------------------ one step
     def _timesteps(self, b: int, g: torch.Generator) -> Tensor:
@@ -202,7 +206,10 @@ class EditRefusal(FineTuneMethod):
             refused = torch.stack([F.mse_loss(p.float(), target.float()) for p in preds]).mean()
             total = total + self.text_agnostic_weight * refused
             logs["text_agnostic"] = refused.item()
-        return total, logs
+        site = lambda: Site(x_t, t, text, image, e_safe - self.eta * d, e_forb, lambda p, y, tt: prediction_loss(a, p, y, tt, self.loss_weighting),
+                            self.photo_pixels[idx], None if self.photo_masks is None else self.photo_masks[idx.cpu()].to(a.device),
+                            None if self.benign is None else self.benign.select(torch.randint(len(self.benign), (b,), generator=g).to(a.device)))
+        return with_robust(self.robust, total, logs, model, step, g, site)
 
 
 def _stack(rows: list[tuple[Tensor, Conditioning, ImageCondition | None]], t: Tensor):

@@ -51,6 +51,7 @@ from erase.methods.base import (
     text_only_image_condition,
 )
 from erase.methods.registry import register
+from erase.methods.robust import ROBUST_OFF, RobustTerms, Site, with_robust
 from erase.models.adapter import Conditioning, DiffusionAdapter
 
 VARIANT_GROUPS = {"esd-x": "xattn", "esd-x-strict": "xattn-kv", "esd-u": "non-xattn", "esd-all": "all"}
@@ -107,6 +108,7 @@ class ESD(FineTuneMethod):
         preserve_weight: float = 0.0,
         uncond_weight: float = 0.0,
         preserve_prompts: list[str] | None = None,
+        robust: dict | None = ROBUST_OFF,  # erase.methods.robust: adversaries, closed doors, relearning resistance
     ):
         if variant not in VARIANT_GROUPS:
             raise MethodError(f"unknown ESD variant {variant!r}; choose one of {sorted(VARIANT_GROUPS)}")
@@ -124,6 +126,7 @@ class ESD(FineTuneMethod):
         self.loss_weighting = loss_weighting
         self.preserve_weight, self.uncond_weight = preserve_weight, uncond_weight
         self.preserve_prompts = preserve_prompts
+        self.robust = RobustTerms(robust)
         self._pool: StateBatch | None = None
         self._pool_id = -1
         self._order: Tensor | None = None
@@ -141,6 +144,7 @@ class ESD(FineTuneMethod):
         with torch.no_grad():
             self.preserve = adapter.encode_prompts(preserve).detach() if self.preserve_weight > 0 else None
         self._pool, self._pool_id, self._order, self._micro = None, -1, None, (-1, 0)
+        self.robust.setup(adapter, original, self.name, [concept.anchor, *preserve] if concept.anchor else list(preserve), image_path=False)
 
     # -- x_t and the frozen predictions there ----------------------------------------------------
     @torch.no_grad()
@@ -205,7 +209,10 @@ class ESD(FineTuneMethod):
     def loss(self, model: nn.Module, step: int, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         s = self._draw(step, generator)
         cond = self.cond.select(s.which.to(self.cond.embeds.device))
-        return self.objective(model, s, cond)
+        total, logs = self.objective(model, s, cond)
+        site = lambda: Site(s.x_t, s.t, cond, text_only_image_condition(self.adapter, len(s)), self.target(s), s.e_p,
+                            lambda p, y, t: prediction_loss(self.adapter, p, y, t, self.loss_weighting))
+        return with_robust(self.robust, total, logs, model, step, generator, site)
 
     def objective(self, model: nn.Module, s: StateBatch, cond: Conditioning) -> tuple[Tensor, dict[str, float]]:
         """The erase term under `cond` plus the regularisers, in one trained forward over all their rows."""

@@ -1,0 +1,203 @@
+"""Robustness terms (erase.methods.robust) on tiny families: they run, resume to the same weights, and each one
+moves the model against its attack's objective on a toy case."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from erase.concept import Concept
+from erase.methods.base import MethodError, Original
+from erase.methods.edit_refusal import EditRefusal
+from erase.methods.esd import ESD
+from erase.methods.robust import ROBUST_OFF, RobustConfig, embedding_pgd, image_pgd, relearn_leakage
+from erase.models.adapter import DiffusionAdapter
+from erase.models.tiny import tiny_pipeline
+from erase.training import TrainConfig, train
+
+CONCEPT = Concept(
+    id="toy", prompts=["a shirtless person"], anchor="a person", preserve=["a person in a red shirt"],
+    forbidden_edits=["take off the shirt"], benign_edits=["make the shirt blue"],
+)
+FAST_ESD = dict(num_steps=3, trajectories=2, refresh_every=2, batch_size=1)
+EVERY_STEP = {"embedding": {"weight": 1.0, "every": 1, "steps": 2}, "doors": {"weight": 1.0, "words": ["shirt"]},
+              "relearn": {"weight": 1.0, "every": 1, "inner_steps": 1}}
+EDITOR = {**EVERY_STEP, "image": {"weight": 1.0, "every": 1, "steps": 2}}
+
+
+def tiny(family: str) -> DiffusionAdapter:
+    a = DiffusionAdapter(tiny_pipeline(family))
+    a.default_size = 32
+    return a
+
+
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{"steps": 1, "lr": 1e-3, "cpu": True, **kw})
+
+
+def editor(**kw) -> EditRefusal:
+    return EditRefusal(photos={"source": "toy", "n": 2}, batch_size=1, **kw)
+
+
+# ---------------------------------------------------------------- config
+def test_defaults_are_off_and_bad_keys_are_refused():
+    assert all(part["weight"] == 0 for part in ROBUST_OFF.values())
+    with pytest.raises(MethodError, match="unknown robust term"):
+        RobustConfig.from_params({"embeding": {"weight": 1}})
+    with pytest.raises(MethodError, match=r"robust.doors; valid"):
+        RobustConfig.from_params({"doors": {"wieght": 1}})
+    with pytest.raises(MethodError, match="eps"):
+        RobustConfig.from_params({"image": {"weight": 1, "eps": 2.0}})
+    with pytest.raises(MethodError, match="every"):
+        RobustConfig.from_params({"relearn": {"weight": 1, "every": 0}})
+
+
+def test_image_adversary_refused_without_a_photo_path(tmp_path):
+    with pytest.raises(MethodError, match="robust.image"):
+        train(ESD(**FAST_ESD, robust={"image": {"weight": 1.0}}), tiny("sd1"), CONCEPT, cfg(), tmp_path)
+
+
+def test_terms_off_train_exactly_as_before(tmp_path):
+    a, b = tiny("sd1"), tiny("sd1")
+    train(ESD(**FAST_ESD), a, CONCEPT, cfg(steps=2), tmp_path / "a")
+    train(ESD(**FAST_ESD, robust=None), b, CONCEPT, cfg(steps=2), tmp_path / "b")
+    for (n, p), q in zip(a.denoiser.named_parameters(), b.denoiser.parameters()):
+        assert torch.equal(p, q), n
+
+
+# ---------------------------------------------------------------- every family the methods claim
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "sd3", "flux"])
+def test_esd_terms_run(family, tmp_path):
+    r = train(ESD(**FAST_ESD, robust=EVERY_STEP), tiny(family), CONCEPT, cfg(), tmp_path)
+    assert {"robust_embedding", "robust_doors", "robust_relearn"} <= set(r.history[-1])
+
+
+@pytest.mark.parametrize("family", ["ip2p", "sd-inpaint", "kontext", "sd1"])
+def test_edit_refusal_terms_run(family, tmp_path):
+    terms = EDITOR if family != "sd1" else EVERY_STEP  # sd1 edits by SDEdit: no photo condition to perturb
+    r = train(editor(robust=terms), tiny(family), CONCEPT, cfg(), tmp_path)
+    assert {f"robust_{k}" for k in terms} <= set(r.history[-1])
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path):
+    kw = dict(steps=4, checkpoint_every=2, lr=1e-2)
+    a = tiny("sd1")
+    train(ESD(**FAST_ESD, robust={**EVERY_STEP, "embedding": {"weight": 1.0, "every": 2}}), a, CONCEPT, cfg(**kw), tmp_path / "full")
+    full = {n: p.clone() for n, p in a.denoiser.named_parameters()}
+    b = tiny("sd1")
+    terms = {**EVERY_STEP, "embedding": {"weight": 1.0, "every": 2}}
+    train(ESD(**FAST_ESD, robust=terms), b, CONCEPT, cfg(stop_after=2, **kw), tmp_path / "cut")
+    c = tiny("sd1")
+    r = train(ESD(**FAST_ESD, robust=terms), c, CONCEPT, cfg(**kw), tmp_path / "cut")
+    assert r.resumed_from == 2
+    for n, p in c.denoiser.named_parameters():
+        assert torch.equal(p, full[n]), n
+
+
+# ---------------------------------------------------------------- each term against its attack
+def _esd_site(terms: dict, seed: int = 0):
+    """An ESD method set up on tiny sd1 and the Site of one of its steps."""
+    a = tiny("sd1")
+    for p in a.denoiser.parameters():
+        p.requires_grad_(False)
+    for n in a.module_group("xattn"):
+        dict(a.denoiser.named_parameters())[n].requires_grad_(True)
+    m = ESD(**FAST_ESD, eta=3.0, robust=terms)
+    m.setup(a, CONCEPT, Original(a, lora=False), seed)
+    captured = {}
+    real = m.robust.loss
+    m.robust.loss = lambda model, step, g, site: (captured.setdefault("site", site), real(model, step, g, site))[1]
+    m.loss(a.denoiser, 0, torch.Generator().manual_seed(seed))
+    m.robust.loss = real
+    return a, m, captured["site"]
+
+
+def _descend(a, loss_fn, steps: int = 5, lr: float = 3e-3) -> None:
+    params = [p for p in a.denoiser.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn().backward()
+        opt.step()
+
+
+def test_embedding_adversary_raises_the_attacks_best_objective():
+    """Training on the adversary's perturbed embedding makes the best embedding it can find (PGD re-run on the
+    new weights) fit the concept worse: the attack's objective at its optimum goes up."""
+    terms = {"embedding": {"weight": 1.0, "every": 1, "steps": 5, "eps": 0.5}}
+    a, m, site = _esd_site(terms)
+    c = m.robust.cfg.embedding
+
+    def attack_optimum() -> float:
+        adv = embedding_pgd(a, a.denoiser, site, c)
+        with torch.no_grad():
+            return site.loss(a.predict(site.x_t, site.t, adv, site.image), site.concept, site.t).item()
+
+    before = attack_optimum()
+    _descend(a, lambda: m.robust.loss(a.denoiser, 0, torch.Generator().manual_seed(0), site)[0])
+    assert attack_optimum() > before
+
+
+def test_closed_doors_keep_the_negative_prompt_branch():
+    """ESD moves the clothing word's prediction with the concept's; the doors term keeps it at the frozen model's."""
+    terms = {"doors": {"weight": 10.0, "words": ["shirt"], "prompts": ["a person"]}}
+
+    def drift(weight: float) -> float:
+        a, m, site = _esd_site(terms)
+        m.robust.cfg.doors.weight = weight  # 0: plain ESD on the same states
+        word = a.encode_prompts(["shirt"])
+        _descend(a, lambda: m.loss(a.denoiser, 0, torch.Generator().manual_seed(0))[0], steps=6, lr=1e-2)
+        frozen = m.original.predict(site.x_t, site.t, word)
+        with torch.no_grad():
+            return (a.predict(site.x_t, site.t, word) - frozen).pow(2).mean().item()
+
+    assert drift(10.0) < drift(0.0)
+
+
+def test_relearn_resistance_lowers_leakage_after_real_relearning():
+    """After training on the meta term, an attacker's actual fine-tuning (Adam on the concept, more steps than the
+    simulation took) leaves the model further from the concept than it leaves the untrained one."""
+    terms = {"relearn": {"weight": 1.0, "every": 1, "inner_steps": 2, "inner_lr": 2e-3}}
+    a, m, site = _esd_site(terms)
+
+    def after_relearning() -> float:
+        b = copy.deepcopy(a.denoiser)
+        params = [p for p in b.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=1e-3)
+        for _ in range(4):
+            opt.zero_grad()
+            site.loss(a.predict(site.x_t, site.t, site.cond, site.image, denoiser=b), site.concept, site.t).backward()
+            opt.step()
+        with torch.no_grad():
+            return site.loss(a.predict(site.x_t, site.t, site.cond, site.image, denoiser=b), site.concept, site.t).item()
+
+    before = after_relearning()
+    _descend(a, lambda: relearn_leakage(a, a.denoiser, site, m.robust.cfg.relearn))
+    assert after_relearning() > before
+
+
+def test_image_adversary_raises_the_attacks_best_objective(tmp_path):
+    """On the tiny InstructPix2Pix editor: after training on the image term, PGD on the photo (re-run) steers the
+    benign edit toward the forbidden prediction less well."""
+    a = tiny("ip2p")
+    m = editor(robust={"image": {"weight": 1.0, "every": 1, "steps": 4}}, group="all")
+    m.setup(a, CONCEPT, Original(a, lora=False), 0)
+    captured = {}
+    real = m.robust.loss
+    m.robust.loss = lambda model, step, g, site: (captured.setdefault("site", site), real(model, step, g, site))[1]
+    m.loss(a.denoiser, 0, torch.Generator().manual_seed(0))
+    m.robust.loss = real
+    site, c = captured["site"], m.robust.cfg.image
+    image_of = lambda p: a.image_condition((site.photos + p).clamp(-1, 1), site.masks)
+    attack = lambda p: site.loss(a.predict(site.x_t, site.t, site.benign, image_of(p)), site.concept, site.t)
+
+    def attack_optimum() -> float:
+        p = image_pgd(attack, site.photos.float(), c)
+        with torch.no_grad():
+            return attack(p).item()
+
+    before = attack_optimum()
+    _descend(a, lambda: m.robust.loss(a.denoiser, 0, torch.Generator().manual_seed(0), site)[0], steps=4, lr=1e-3)
+    assert attack_optimum() > before
