@@ -217,3 +217,25 @@ def test_diffusion_loss_is_min_snr_weighted() -> None:
     expected = (torch.minimum(snr, torch.tensor(MIN_SNR_GAMMA)) / snr * per_sample).mean()
     assert torch.allclose(loss, expected, rtol=1e-5)
     assert not torch.allclose(loss, per_sample.mean(), rtol=1e-2), "low-noise steps must be down-weighted"
+
+
+def test_build_ema_is_the_warmed_up_average_the_shipped_weights_used() -> None:
+    """The build's EMA (diffusers' EMAModel) applies decay min(0.999, (1 + n) / (10 + n)) at update n = 1, 2, ..."""
+    import torch
+
+    from erase.toyworld.build import EMA
+
+    m = torch.nn.Linear(3, 3)
+    expected = [p.detach().clone() for p in m.parameters()]
+    ema = EMA([m], decay=0.999)
+    for n in range(1, 6):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update()
+        d = min(0.999, (1 + n) / (10 + n))
+        for e, p in zip(expected, m.parameters()):
+            e.lerp_(p.detach(), 1 - d)
+    ema.copy_to()
+    for e, p in zip(expected, m.parameters()):
+        torch.testing.assert_close(p.detach(), e, rtol=0, atol=1e-6)

@@ -12,7 +12,6 @@ models (what their schedulers hand the transformer, before FLUX divides by 1000)
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -101,9 +100,10 @@ class DiffusionAdapter:
         self.scheduler = pipe.scheduler
         self.is_flow = self.spec.architecture in ("sd3", "flux")
         self.prediction_type = "flow" if self.is_flow else self.scheduler.config.get("prediction_type", "epsilon")
-        if not self.is_flow:
-            betas = _betas(self.scheduler.config)
-            self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        if not self.is_flow:  # the scheduler's own noise schedule, not a copy of its formula
+            if getattr(self.scheduler, "alphas_cumprod", None) is None:
+                raise ModelLoadError(f"{type(self.scheduler).__name__} has no alphas_cumprod: a DDPM-family scheduler is needed")
+            self.alphas_cumprod = torch.as_tensor(self.scheduler.alphas_cumprod).float()
         self.default_size = self._native_size()
 
     # ------------------------------------------------------------------ basics
@@ -126,9 +126,6 @@ class DiffusionAdapter:
     @property
     def edits_images(self) -> bool:
         return self.spec.editing is not None
-
-    def text_encoders(self) -> list[nn.Module]:
-        return [getattr(self.pipe, name) for name in self.spec.text_encoders if getattr(self.pipe, name, None) is not None]
 
     def frozen_copy(self) -> nn.Module:
         """A frozen copy of the denoiser: the 'original model' that erasure objectives compare against."""
@@ -318,16 +315,6 @@ class DiffusionAdapter:
         a = self.alphas_cumprod.to(t.device)[t.long()]
         return (1 - a) if self.prediction_type == "v_prediction" else (1 - a) / a
 
-    def prediction_for_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
-        """The prediction that, at (x_t, t), points at clean latents x0 (inverse of `x0_from_prediction`)."""
-        if self.is_flow:
-            return (x_t - x0) / _bcast(t.float() / 1000, x_t).clamp(min=1e-4)
-        a = _bcast(self.alphas_cumprod.to(x_t.device)[t.long()], x_t)
-        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
-        if self.prediction_type == "v_prediction":
-            return a.sqrt() * eps - (1 - a).sqrt() * x0
-        return eps
-
     # ------------------------------------------------------------------ sampling with any denoiser
     def latent_shape(self, n: int, size: int | None = None) -> tuple[int, int, int, int]:
         size = size or self.default_size
@@ -463,20 +450,6 @@ class DiffusionAdapter:
 # ---------------------------------------------------------------------- helpers
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
-
-
-def _betas(config) -> Tensor:
-    n = int(config.get("num_train_timesteps", 1000))
-    start, end = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
-    kind = config.get("beta_schedule", "linear")
-    if kind == "scaled_linear":
-        return torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64).pow(2).float()
-    if kind == "linear":
-        return torch.linspace(start, end, n, dtype=torch.float64).float()
-    if kind == "squaredcos_cap_v2":
-        f = lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
-        return torch.tensor([min(1 - f((i + 1) / n) / f(i / n), 0.999) for i in range(n)])
-    raise ModelLoadError(f"unsupported beta_schedule {kind!r} in the scheduler config")
 
 
 def _causal_mask(n: int, dtype, device) -> Tensor:

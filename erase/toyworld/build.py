@@ -29,6 +29,7 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
@@ -241,25 +242,19 @@ def _lr_lambda(steps: int, warmup: int = 100, floor: float = 0.05) -> Callable[[
 
 
 class EMA:
-    """Exponential moving average of parameters (sampling from the EMA is much cleaner after short training)."""
+    """Exponential moving average of the weights (sampling from the EMA is much cleaner after short training):
+    diffusers' EMAModel over the given modules, with the warm-up decay min(decay, (1 + n) / (10 + n)) at update n
+    (update_after_step=-1 makes EMAModel count from 1, as the shipped weights were built)."""
 
     def __init__(self, modules: Sequence[torch.nn.Module], decay: float = 0.999) -> None:
-        self.decay = decay
         self.params = [p for m in modules for p in m.parameters()]
-        self.shadow = [p.detach().clone() for p in self.params]
-        self.step = 0
+        self.model = EMAModel(self.params, decay=decay, min_decay=0.0, update_after_step=-1, use_ema_warmup=False)
 
-    @torch.no_grad()
     def update(self) -> None:
-        self.step += 1
-        d = min(self.decay, (1 + self.step) / (10 + self.step))  # warm up: early weights are forgotten fast
-        for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach(), 1 - d)
+        self.model.step(self.params)
 
-    @torch.no_grad()
     def copy_to(self) -> None:
-        for s, p in zip(self.shadow, self.params):
-            p.copy_(s)
+        self.model.copy_to(self.params)
 
 
 def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator) -> Iterable[torch.Tensor]:
@@ -428,8 +423,7 @@ def _diffusion_loss(
     if extra is not None:
         noisy = torch.cat([noisy, extra], dim=1)
     pred = unet(noisy, t, encoder_hidden_states=cond).sample
-    alpha_bar = sched.alphas_cumprod[t]
-    snr = alpha_bar / (1 - alpha_bar)
+    snr = compute_snr(sched, t)
     weight = snr.clamp(max=MIN_SNR_GAMMA) / snr
     return (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
 
