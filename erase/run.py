@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 import torch
 
+from erase.card import concept_record
 from erase.concept import Concept, check_tokenizes
 from erase.export import ExportPaths, export, model_hash, snapshot
 from erase.methods import ClosedFormMethod, FineTuneMethod, Method, build_method, method_label, stage_list
@@ -220,7 +221,8 @@ def export_erased(adapter: DiffusionAdapter, result: ErasureResult, out_dir: str
         "method": result.method,
         "family": adapter.family,
         "base_model_hash": result.base_hash,
-        "config": {"method": dict(result.method_cfg), "concept": result.concept.__dict__},
+        # the concept's phrasings never reach the card: counts and hashes (the CLI passes the file's provenance)
+        "config": {"method": dict(result.method_cfg), "concept": concept_record(result.concept)},
         "lora": result.lora is not None,
         **dict(card or {}),
     }
