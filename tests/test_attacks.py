@@ -431,3 +431,19 @@ def test_editors_are_attacked_on_their_own_threat():
     rl = get_attack("relearning", steps=2, lr=1e-3, group="xattn").run(ip2p, t, gen(0))
     assert rl.weights_delta and rl.photo is t.photo
     assert_untouched(ip2p, before)
+
+
+def test_toy_attack_config_lists_every_attack_and_each_builds():
+    from pathlib import Path
+
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs/eval/toy_attacks.yaml").read_text())
+    entries = cfg["attacks"]
+    assert {e["name"] for e in entries} == set(ATTACKS)  # every attack of the harness is measured
+    for e in entries:
+        attack = get_attack(e["name"], **(e.get("params") or {}))  # options exist and pass validation
+        rows = {"noise-injection": getattr(attack, "draws", 1),  # result rows per target: noise draws, templates
+                "concept-inversion": len(getattr(attack, "templates", ()))}.get(e["name"], 1)
+        if e["name"] != "inversion-likelihood":  # statistics only
+            assert e["n_prompts"] * e["images"] * rows >= 32, e
