@@ -325,3 +325,25 @@ def test_accelerate_configs_parse(name, kind):
         assert c.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD" and c.fsdp_config["fsdp_use_orig_params"]
     if kind == "DEEPSPEED":
         assert c.deepspeed_config["zero_stage"] == 2
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_attacks_see_the_training_loops_original(lora):
+    """One wrapper for the model before erasure: the attacks' OriginalView built from the training loop's Original
+    predicts the untouched model, for full fine-tuning (saved tensors swapped in) and LoRA (adapters off)."""
+    from erase.evaluation.attacks.base import OriginalView
+    from erase.methods.base import Original
+    from erase.training import add_lora
+
+    a = tiny_adapter("sd1")
+    x, t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([400])
+    with torch.no_grad():
+        cond = a.encode_prompts(["a cat"])
+        before = a.predict(x, t, cond)
+    params = add_lora(a, "xattn", LoraSpec(rank=2), "cat") if lora else a.set_trainable("xattn")
+    view = OriginalView(a, Original(a, lora=lora), "test")
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.5 * torch.randn_like(p))
+        assert not torch.allclose(a.predict(x, t, cond), before, atol=1e-4)
+    assert torch.allclose(view.predict(x, t, cond), before, atol=1e-6)

@@ -443,9 +443,8 @@ class OriginalView:
             raise AttackError(f"{attack} needs the original (pre-erasure) model: AttackTarget(original=...)")
         if isinstance(original, DiffusionAdapter):
             self.adapter = original
-        elif isinstance(original, Original):
-            self.adapter, self.denoiser = original.adapter, original.frozen
-            self._context = original.adapters_off if original.lora else None
+        elif isinstance(original, Original):  # the training loop's own wrapper: saved tensors swapped in, LoRA off
+            self.adapter, self.denoiser = original.adapter, original.denoiser()
         elif isinstance(original, nn.Module):
             self.denoiser = original
         else:
