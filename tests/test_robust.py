@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from erase.concept import Concept
+from erase.methods.adversarial import AdversarialErasure
 from erase.methods.base import MethodError, Original
 from erase.methods.edit_refusal import EditRefusal
 from erase.methods.esd import ESD
@@ -72,6 +73,12 @@ def test_terms_off_train_exactly_as_before(tmp_path):
 def test_esd_terms_run(family, tmp_path):
     r = train(ESD(**FAST_ESD, robust=EVERY_STEP), tiny(family), CONCEPT, cfg(), tmp_path)
     assert {"robust_embedding", "robust_doors", "robust_relearn"} <= set(r.history[-1])
+
+
+def test_adversarial_erasure_adds_the_terms_too(tmp_path):
+    m = AdversarialErasure(**FAST_ESD, attack_steps=1, robust={"doors": {"weight": 1.0, "words": ["shirt"]}})
+    r = train(m, tiny("sd1"), CONCEPT, cfg(), tmp_path)
+    assert "robust_doors" in r.history[-1]
 
 
 @pytest.mark.parametrize("family", ["ip2p", "sd-inpaint", "kontext", "sd1"])

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from erase.concept import Concept
-from erase.methods.base import MethodError, Original, text_only_image_condition
+from erase.methods.base import MethodError, Original, prediction_loss, text_only_image_condition
 from erase.methods.esd import ESD
 from erase.methods.registry import register
+from erase.methods.robust import Site, with_robust
 from erase.models.adapter import Conditioning, DiffusionAdapter
 
 ATTACK_MODES = ("prefix", "embedding")
@@ -96,7 +97,11 @@ class AdversarialErasure(ESD):
         s = self._draw(step, generator)  # e_0, e_p and the preserve targets come cached with the states
         image = text_only_image_condition(self.adapter, len(s))
         adv = self._adversarial_condition(model, s.x_t, s.t, s.which, image, s.e_p, generator)
-        return self.objective(model, s, adv)
+        total, logs = self.objective(model, s, adv)
+        cond = self.cond.select(s.which.to(self.cond.embeds.device))  # the robust terms (erase.methods.robust), as ESD adds them
+        site = lambda: Site(s.x_t, s.t, cond, image, self.target(s), s.e_p,
+                            lambda p, y, t: prediction_loss(self.adapter, p, y, t, self.loss_weighting))
+        return with_robust(self.robust, total, logs, model, step, generator, site)
 
 
 def _single_clip(spec) -> bool:
