@@ -116,11 +116,13 @@ def case(family: str, method: str, size: int, batch: int, full: bool, steps: int
     kw = inputs(family, net, batch * rows, size, device, torch.float32)
     frozen_kw = inputs(family, net, 2 * batch, size, device, torch.float32)
     saved: dict[int, int] = {}
+    weight_storages = {p.untyped_storage().data_ptr() for p in net.parameters()}
 
-    def pack(t):
+    def pack(t):  # what autograd keeps for backward, each storage once; weights saved by reference are not extra
         if isinstance(t, torch.Tensor) and t.device.type == device.type:
             st = t.untyped_storage()
-            saved[st.data_ptr()] = st.nbytes()
+            if st.data_ptr() not in weight_storages:
+                saved[st.data_ptr()] = st.nbytes()
         return t
 
     times = []
