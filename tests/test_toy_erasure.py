@@ -64,7 +64,7 @@ def test_esd_lowers_prompt_leakage_on_heldout_phrasings(detector, tmp_path):
     # eta 5 at this small budget (the demo's 800 steps erase fully at eta 3).
     method = {"name": "esd", "params": {"variant": "esd-x", "eta": 5.0, "loss_weighting": "x0", "uncond_weight": 1.0, "num_steps": 10,
                                         "start_guidance": 4.0, "batch_size": 8, "trajectories": 64},
-              "train": {"steps": 400, "lr": 1e-4, "cpu": True}}
+              "train": {"steps": 600, "lr": 1e-4, "cpu": True}}
     erase(DiffusionAdapter(pipe), method, CONCEPT, tmp_path, do_export=False)
     after, after_benign = prompt_leakage(pipe, detector), benign_accuracy(pipe, detector)
     assert after <= base - 0.3, f"ESD-x: leakage {base:.0%} -> {after:.0%}"
