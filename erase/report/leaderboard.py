@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 from erase.report.compare import Column, columns_from_eval, headline, leakage_table
 from erase.report.html import _page, _write, image_data_uri
-from erase.report.run_report import rate_cell
+from erase.report.run_report import leakage_utility_plot, rate_cell
 from erase.stats import Rate
 
 MAX_SUITE_COLUMNS = 5  # more suites than this: the detail lives in each run's own report, not in the ranking
@@ -124,32 +124,9 @@ def _suite_columns(g: Group) -> list[str]:
 
 
 def _plot(g: Group):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from PIL import Image
-
-    pts = [e for e in g.entries if e.leakage is not None and e.utility is not None]
-    if not pts:
-        return None
-    fig = Figure(figsize=(6.0, 3.8), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for i, e in enumerate(pts):
-        (llo, lhi), (ulo, uhi) = e.leakage.ci95, e.utility.ci95
-        x, y = 100 * e.utility.rate, 100 * e.leakage.rate
-        ax.errorbar([x], [y], xerr=_bars(x, ulo, uhi), yerr=_bars(y, llo, lhi),
-                    fmt="s" if e.reference else "o", capsize=3, color=f"C{i % 10}", label=f"{e.method} ({e.run})")
-    ax.set_xlabel("utility, % (higher is better)")
-    ax.set_ylabel("leakage, worst suite, % (lower is better)")
-    ax.set_xlim(-2, 102)
-    ax.set_ylim(-2, 102)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
+    pts = [(f"{e.method} ({e.run})", e.leakage, e.utility, "s" if e.reference else "o")
+           for e in g.entries if e.leakage is not None and e.utility is not None]
+    return leakage_utility_plot(pts, size=(6.0, 3.8)) if pts else None
 
 
 def _group_html(g: Group, index: int) -> str:
@@ -225,7 +202,3 @@ def write_leaderboard(runs_dir: str | Path, out_dir: str | Path) -> dict[str, An
     md_path = _write(markdown_text(groups), out / "leaderboard.md")
     return {"groups": groups, "page": str(page), "csv": str(csv_path), "markdown": str(md_path)}
 
-
-def _bars(centre: float, lo: float, hi: float) -> list[list[float]]:
-    """matplotlib's asymmetric error bars; clamped at 0 (at k = n the interval's end can round below the rate)."""
-    return [[max(0.0, centre - 100 * lo)], [max(0.0, 100 * hi - centre)]]

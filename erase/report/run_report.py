@@ -120,17 +120,24 @@ def tradeoff_plot(columns: Sequence[Column]) -> tuple[Image.Image | None, list[d
             points.append({"label": c.label, "leak": leak, "util": util, "suite": suite, "how": how})
     if not points:
         return None, points
+    return leakage_utility_plot([(p["label"], p["leak"], p["util"], "o") for p in points]), points
+
+
+def leakage_utility_plot(points: Sequence[tuple[str, Rate, Rate, str]], size: tuple[float, float] = (6.4, 4.4)
+                         ) -> Image.Image:
+    """One point per (label, leakage, utility, marker), with 95% interval bars both ways: the picture the report
+    and the leaderboard share."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.4), dpi=100)
+    fig = Figure(figsize=size, dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for i, p in enumerate(points):
-        (llo, lhi), (ulo, uhi) = p["leak"].ci95, p["util"].ci95
-        x, y = 100 * p["util"].rate, 100 * p["leak"].rate
+    for i, (label, leak, util, marker) in enumerate(points):
+        (llo, lhi), (ulo, uhi) = leak.ci95, util.ci95
+        x, y = 100 * util.rate, 100 * leak.rate
         ax.errorbar([x], [y], xerr=_bars(x, ulo, uhi), yerr=_bars(y, llo, lhi),
-                    fmt="o", capsize=4, color=f"C{i}", label=p["label"], zorder=3)
+                    fmt=marker, capsize=4, color=f"C{i % 10}", label=label, zorder=3)
     ax.set_xlabel("utility: benign checks passed, % (higher is better)")
     ax.set_ylabel("leakage: worst suite, % (lower is better)")
     ax.set_xlim(-2, 102)
@@ -141,7 +148,7 @@ def tradeoff_plot(columns: Sequence[Column]) -> tuple[Image.Image | None, list[d
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     buf.seek(0)
-    return Image.open(buf).convert("RGB"), points
+    return Image.open(buf).convert("RGB")
 
 
 def render_comparison(
