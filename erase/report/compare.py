@@ -133,11 +133,7 @@ def leakage_table(columns: Sequence[Column]) -> list[dict[str, Any]]:
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     protos = protocols_of(r for c in columns for r in c.records)
     for c in columns:
-        by_suite: dict[str, list[Record]] = {}
-        for r in c.records:
-            if r.get("attack") is None:
-                by_suite.setdefault(str(r["suite"]), []).append(r)
-        for suite, recs in by_suite.items():
+        for suite, recs in unattacked_by_suite(c.records).items():
             if is_utility(recs):
                 continue
             routes = list(dict.fromkeys(_route(r) for r in recs))
@@ -148,6 +144,15 @@ def leakage_table(columns: Sequence[Column]) -> list[dict[str, Any]]:
                                                                   "unit": info.get("unit", "image"), "values": {}})
                     row["values"][c.label] = measure(sel, proto, info)
     return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1] != "all", k[1], k[2]))]
+
+
+def unattacked_by_suite(records: Sequence[Record]) -> dict[str, list[Record]]:
+    """The records of unattacked rows, by suite (attacked ones go to `attack_table`)."""
+    by_suite: dict[str, list[Record]] = {}
+    for r in records:
+        if r.get("attack") is None:
+            by_suite.setdefault(str(r["suite"]), []).append(r)
+    return by_suite
 
 
 def utility_checks(records: Sequence[Record]) -> dict[str, Rate]:
@@ -170,11 +175,7 @@ def utility_checks(records: Sequence[Record]) -> dict[str, Rate]:
 def utility_table(columns: Sequence[Column]) -> list[dict[str, Any]]:
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for c in columns:
-        by_suite: dict[str, list[Record]] = {}
-        for r in c.records:
-            if r.get("attack") is None:
-                by_suite.setdefault(str(r["suite"]), []).append(r)
-        for suite, recs in by_suite.items():
+        for suite, recs in unattacked_by_suite(c.records).items():
             if not is_utility(recs):
                 continue
             for metric, rate in utility_checks(recs).items():
