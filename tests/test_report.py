@@ -256,12 +256,13 @@ def _run(runs: Path, name: str, method: str, base_leak: int, leak: int, model_ha
         "erased": {"report": str(d / "eval-erased" / "report.html")}}))
 
 
-def test_leaderboard_groups_by_base_and_exports(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
+def test_leaderboard_groups_by_base_and_exports(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    runs = Path("runs")  # relative, as scripts/toy_demo.py passes it: report links must still be made
     _run(runs, "0-esd-u", "esd-u", 6, 2)
     _run(runs, "1-uce", "uce", 6, 1)
     _run(runs, "2-editor", "edit-refusal", 7, 5, model_hash="bbbb2222")
-    result = write_leaderboard(runs, tmp_path / "lb")
+    result = write_leaderboard(runs, Path("lb"))
     groups = result["groups"]
     assert len(groups) == 2  # different bases never share a ranking
     by_model = {g.base_model.split(" ")[0]: g for g in groups}
@@ -269,7 +270,8 @@ def test_leaderboard_groups_by_base_and_exports(tmp_path: Path) -> None:
     assert [e.method for e in by_model["toy-editor"].entries] == ["edit-refusal", "base model (no erasure)"]
 
     text = Path(result["page"]).read_text()
-    _assert_self_contained(text.replace(Path(runs).as_uri(), ""))  # links to the runs' own reports are file URIs
+    assert 'href="../runs/0-esd-u/eval-erased/report.html"' in text  # relative links to the runs' own reports
+    _assert_self_contained(text)
     assert text.count('<section class="group"') == 2 and 'class="sortable"' in text and "addEventListener" in text
     assert "12.5%" in text and "0.125" not in text.replace('data-sort="0.125"', "")  # percentages, not decimals
 

@@ -13,6 +13,7 @@ import csv
 import html
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -129,7 +130,7 @@ def _plot(g: Group):
     return leakage_utility_plot(pts, size=(6.0, 3.8)) if pts else None
 
 
-def _group_html(g: Group, index: int) -> str:
+def _group_html(g: Group, index: int, page_dir: Path) -> str:
     suites = _suite_columns(g)
     head = ["rank", "method", "run", "leakage (worst suite)", "utility", *suites]
     rows = []
@@ -138,7 +139,9 @@ def _group_html(g: Group, index: int) -> str:
         rank += 0 if e.reference else 1
         run = html.escape(e.run)
         if e.report:
-            run = f'<a href="{html.escape(Path(e.report).as_uri(), quote=True)}">{run}</a>'
+            # relative to the page, so the link survives moving or copying the runs folder with it
+            href = Path(os.path.relpath(Path(e.report).resolve(), page_dir.resolve())).as_posix()
+            run = f'<a href="{html.escape(href, quote=True)}">{run}</a>'
         cells = [f'<td class="num" data-sort="{rank if not e.reference else ""}">{"ref" if e.reference else rank}</td>',
                  f"<td>{html.escape(e.method)}</td>", f"<td>{run}</td>", rate_cell(e.leakage), rate_cell(e.utility)]
         cells += [rate_cell(e.suites.get(s)) for s in suites]
@@ -196,7 +199,7 @@ def write_leaderboard(runs_dir: str | Path, out_dir: str | Path) -> dict[str, An
         raise FileNotFoundError(f"no finished runs (summary.json with an erased evaluation) under {runs_dir}: "
                                 "run `erase` (task=erase_and_eval) first, or point runs_dir at a multirun folder")
     out = Path(out_dir)
-    body = [_group_html(g, i) for i, g in enumerate(groups)]
+    body = [_group_html(g, i, out) for i, g in enumerate(groups)]
     page = _write(_page("Leaderboard", body), out / "leaderboard.html")
     csv_path = _write(csv_text(groups), out / "leaderboard.csv")
     md_path = _write(markdown_text(groups), out / "leaderboard.md")
