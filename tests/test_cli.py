@@ -113,13 +113,13 @@ def test_two_process_accelerate_launch_ranks_agree(tmp_path):
 
 
 def test_python_api_example(tmp_path, monkeypatch):
-    """The Python API example of docs/architecture.md (and the README), executed as written."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    """The README's Python API example, executed as written."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = text.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     scope: dict = {}
-    exec(compile(block, "docs/architecture.md", "exec"), scope)
+    exec(compile(block, "README.md", "exec"), scope)
     run, report = scope["run"], scope["report"]
     assert run["method"] == "esd-x" and run["erasure"]["stats"]["steps"] == 4
     assert (Path(run["export"]["pipeline"]) / "model_index.json").is_file()
