@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 
 class ConceptError(ValueError):
@@ -67,8 +67,3 @@ def _read_lines(path: str | Path, what: str) -> list[str]:
         raise ConceptError(f"{what}: no file at {p} (one prompt or instruction a line)")
     return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-
-def as_list(x: str | Sequence[str] | None) -> list[str]:
-    if x is None:
-        return []
-    return [x] if isinstance(x, str) else list(x)

@@ -41,9 +41,8 @@ def load_model(model: Mapping[str, Any], precision: str = "fp32", device: str | 
     if tiny is not None:
         from erase.models.tiny import tiny_pipeline
 
-        get_family(tiny)
+        spec = get_family(tiny)  # an unknown family name fails here, before anything is built
         pipe = tiny_pipeline(tiny)
-        spec = get_family(tiny)
     else:
         pipe, spec = load_pipeline(path, model.get("family"), torch_dtype=DTYPES[precision])
     if device:
