@@ -38,9 +38,6 @@ log = logging.getLogger("erase.evaluation")
 NO_ATTACK = "no-attack"
 THREAT_PATHS = {None: "t2i", "inpaint": "inpaint", "instruct": "instruct", "kontext": "kontext"}
 EDIT_PATHS = ("img2img", "inpaint", "instruct", "kontext")
-# Attacks that learn from images of the concept (where the attack class does not say so itself).
-NEEDS_REFERENCES = {"unlearndiffatk", "concept-inversion", "photo-inversion", "reconstruction", "relearning",
-                    "image-space", "noise-injection", "embedding-space"}
 
 
 @dataclass
@@ -180,8 +177,7 @@ class AttackSuite(Suite):
             what = "forbidden edit instructions (the concept's edits_file)" if path in ("instruct", "kontext") \
                 else "concept prompts (the concept's prompts / prompts_file)"
             raise AttackError(f"attack {spec.key!r} on the {path!r} path needs {what}; none were given")
-        needs_refs = bool(getattr(attack, "needs_references", False)) or attack.name in NEEDS_REFERENCES
-        if needs_refs and not m.references:
+        if attack.needs_references and not m.references:
             raise AttackError(f"attack {spec.key!r} learns from reference images of the concept; give them with "
                               f"eval.attack_material.references={{folder: <path>}} (or {{dataset: <id>}})")
         if path in EDIT_PATHS and not m.photos:
