@@ -21,6 +21,7 @@ an error when the suite is built, before any work.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -125,6 +126,9 @@ class AttackSuite(Suite):
         self._skip: dict[str, str] = {}
         self._paths: dict[str, str] = {}
         self.statistics: dict[str, dict[str, Any]] = {}
+        # Wall and CPU seconds per attack label in this process: the attack's own runs, and everything its groups
+        # cost (attack + generation + detection). Targets rebuilt from records on resume are not timed.
+        self.seconds: dict[str, dict[str, float]] = {}
         for s in self.specs:
             self._validate(s)
 
@@ -254,7 +258,9 @@ class AttackSuite(Suite):
             n = n_max if spec_ is None else spec_.n_prompts
             for i in range(n):
                 done = self._done.get((label, i), [])
-                if done and len(done) >= int(done[0]["meta"].get("attack_records", 0) or 0):
+                wall, cpu = time.perf_counter(), time.process_time()
+                rebuilt = bool(done) and len(done) >= int(done[0]["meta"].get("attack_records", 0) or 0)
+                if rebuilt:
                     group = self._rebuilt(done)
                 elif spec_ is None:
                     group = self._plain_items(i, img_max)
@@ -262,6 +268,12 @@ class AttackSuite(Suite):
                     group = self._attack_items(spec_, i)
                 yield [replace(it, index=index + k) for k, it in enumerate(group)]
                 index += len(group)
+                if not rebuilt:  # the engine generated and scored this group's images before coming back here
+                    t = self.seconds.setdefault(label, {"targets": 0, "attack_wall": 0.0, "attack_cpu": 0.0,
+                                                        "total_wall": 0.0, "total_cpu": 0.0})
+                    t["targets"] += 1
+                    t["total_wall"] += time.perf_counter() - wall
+                    t["total_cpu"] += time.process_time() - cpu
 
     def _rebuilt(self, records: Sequence[Mapping[str, Any]]) -> list[Item]:
         """Items of a finished target, from its records (every unit is on disk: nothing is generated)."""
@@ -297,7 +309,12 @@ class AttackSuite(Suite):
         attack = self.attacks[spec.key]
         generator = torch.Generator().manual_seed(self.seed + 7919 * (i + 1))
         log.info("attack %s: target %d of %d", spec.key, i + 1, spec.n_prompts)  # the engine's bar follows
+        wall, cpu = time.perf_counter(), time.process_time()
         outcome = attack.run(self.adapter, self.target(spec, i), generator)
+        t = self.seconds.setdefault(spec.key, {"targets": 0, "attack_wall": 0.0, "attack_cpu": 0.0,
+                                               "total_wall": 0.0, "total_cpu": 0.0})
+        t["attack_wall"] += time.perf_counter() - wall
+        t["attack_cpu"] += time.process_time() - cpu
         results = list(outcome) if isinstance(outcome, (list, tuple)) else [outcome]
         rows = [(res, r) for res in results if getattr(res, "kind", "") != "statistics" for r in range(res.rows)]
         for res in results:
@@ -406,6 +423,9 @@ class AttackSuite(Suite):
                 entry["statistics"] = stats
             if any((r.get("meta") or {}).get("compare_with_base") for r in recs):
                 entry["compare_with_base"] = True  # compare with the same attack in the base model's evaluation
+            if label in self.seconds:
+                entry["seconds"] = {k: round(v, 2) if isinstance(v, float) else v
+                                    for k, v in self.seconds[label].items()}
             summary[label] = entry
         for label, stats in self.statistics.items():  # probes that measure numbers, not images
             summary.setdefault(label, {"statistics": stats})
