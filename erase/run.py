@@ -16,6 +16,7 @@ from erase.concept import Concept, check_tokenizes
 from erase.export import ExportPaths, export, model_hash, snapshot
 from erase.methods import ClosedFormMethod, FineTuneMethod, Method, build_method, method_label, stage_list
 from erase.methods.base import parameters_before, parameters_changed_by
+from erase.methods.edit_refusal import EditRefusal
 from erase.models.adapter import DiffusionAdapter
 from erase.models.families import FamilySpec, ModelLoadError, detect_family, get_family, load_pipeline
 from erase.outdir import is_main_rank, locked_out_dir
@@ -99,6 +100,8 @@ def check_method_config(method_cfg: Mapping[str, Any], spec: FamilySpec | None) 
         if spec is not None:
             m.check(spec)
         check_photo_source((s.get("params") or {}).get("photos"))
+        if isinstance(m, EditRefusal):
+            m.require_photos()
     return methods
 
 

@@ -127,7 +127,7 @@ def test_defaults_that_used_to_disagree_now_agree():
     assert _cfg(["method=esd"]).method.params.variant == method_defaults(REGISTRY["esd"])["variant"] == "esd-x"
     assert _cfg(["method=esd_u"]).method.params.variant == "esd-u"
     assert _cfg(["method=ablation"]).method.params.anchor_images == build_method("ablation").anchor_images == 64
-    assert _cfg(["method=edit_refusal"]).method.params.photos.n == build_method("edit_refusal").photo_cfg["n"] == 128
+    assert _cfg(["method=edit_refusal"]).method.params.photos is None is build_method("edit_refusal").photo_cfg
 
 
 def test_plain_erase_runs_the_toy_recipe():

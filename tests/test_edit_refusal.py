@@ -105,6 +105,8 @@ def test_path_mismatch_and_missing_instructions():
 
     with pytest.raises(MethodError, match="forbidden edit instructions"):
         EditRefusal(photos={"source": "toy", "n": 2}).setup(a, Concept(id="x", prompts=["a"]), Original(a, False), 0)
+    with pytest.raises(MethodError, match="method.params.photos"):  # no silent fallback to the toy world's photos
+        EditRefusal().setup(a, Concept(id="x", prompts=["a"], forbidden_edits=["b"]), Original(a, False), 0)
 
 
 def test_toy_photos_have_masks_and_counterparts():

@@ -347,8 +347,9 @@ def _cli_cfg(overrides):
 @pytest.mark.parametrize("overrides, match", [
     (["model=tiny_flux", "method=adversarial", "method.params.attack=prefix"], "single CLIP"),
     (["model=tiny_sd1", "method=edit_refusal", "method.params.path=instruct"], "does not match family 'sd1'"),
-    (["model=tiny_sd1", "method=edit_refusal", "method.params.photos.source=folder",
-      "+method.params.photos.path=/no/such/photos"], "no such folder"),
+    (["model=tiny_sd1", "method=edit_refusal", "method.params.photos={source: folder, path: /no/such/photos}"],
+     "no such folder"),
+    (["model=tiny_sd1", "method=edit_refusal"], "method.params.photos"),  # no default photos (never the toy's)
 ])
 def test_method_family_and_photo_source_are_refused_before_the_model_is_built(tmp_path, monkeypatch, overrides, match):
     import erase.cli as cli

@@ -75,9 +75,17 @@ class EditRefusal(FineTuneMethod):
         self.eta_null = eta_null
         self.branches, self.strength = branches, tuple(strength)
         self.preserve_weight, self.text_agnostic_weight = preserve_weight, text_agnostic_weight
-        self.batch_size, self.photo_cfg = batch_size, dict(photos or {"source": "toy", "n": 128})
+        # No default photo source: the core must not train a real model on the toy world's paper dolls by accident.
+        self.batch_size, self.photo_cfg = batch_size, dict(photos) if photos else None
         self.loss_weighting = loss_weighting
         self.robust = RobustTerms(robust)
+
+    def require_photos(self) -> None:
+        if self.photo_cfg is None:
+            raise MethodError(
+                "edit_refusal trains on photos and none are set: give method.params.photos, e.g. "
+                "{source: folder, path: DIR, n: 128} (your photos; manifest.csv optional, see erase/photos.py), "
+                "{source: dataset, name: ID} or a registered source ({source: toy} in the toy world)")
 
     @staticmethod
     def path_for(spec) -> str:
@@ -106,6 +114,7 @@ class EditRefusal(FineTuneMethod):
         benign = concept.benign_edits if edits_text else concept.preserve
         default_branches = {"instruct": ["cond", "image", "uncond"], "sdedit": ["cond", "uncond"]}.get(path, ["cond", "uncond"])
         self.active_branches = self.branches or default_branches
+        self.require_photos()
         photos: PhotoSet = load_photos(self.photo_cfg, adapter.default_size)
         with torch.no_grad():
             self.forbidden = adapter.encode_prompts(forbidden).detach()
