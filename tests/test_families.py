@@ -225,3 +225,37 @@ def test_require_components() -> None:
 def test_family_of_unknown_object() -> None:
     with pytest.raises(ModelLoadError, match="not a supported model family"):
         family_of(object())  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the adapter's per-architecture parts
+
+_EXPECTED_ARCH = {"sdxl": "sdxl", "ip2p-sdxl": "sdxl", "sd3": "sd3", "flux": "flux", "kontext": "flux"}
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_adapter_picks_one_architecture_class_per_family(family: str) -> None:
+    from erase.models.adapter import DiffusionAdapter
+    from erase.models.architectures import ARCHITECTURES
+
+    adapter = DiffusionAdapter(tiny_pipeline(family))
+    name = _EXPECTED_ARCH.get(family, "unet")
+    assert type(adapter.arch) is ARCHITECTURES[name]
+    assert adapter.is_flow == (name in ("sd3", "flux"))
+    assert adapter.photo.kind == FAMILIES[family].editing
+    assert adapter.photo.required == (FAMILIES[family].editing in ("instruct", "inpaint"))
+    cond = adapter.encode_prompts(["a red square", "a blue circle"])
+    assert ("time_ids" in cond.extra) == (name == "sdxl") and ("text_ids" in cond.extra) == (name == "flux")
+    assert (cond.pooled is None) == (name == "unet")
+
+
+def test_adapter_refuses_a_spec_without_an_architecture_class() -> None:
+    import dataclasses
+
+    from erase.models.adapter import DiffusionAdapter
+
+    pipe = tiny_pipeline("sd1")
+    with pytest.raises(ModelLoadError, match="'bogus'.*known: unet, sdxl, sd3, flux"):
+        DiffusionAdapter(pipe, dataclasses.replace(FAMILIES["sd1"], adapter="bogus"))
+    with pytest.raises(ModelLoadError, match="unknown editing kind 'paint'"):
+        DiffusionAdapter(pipe, dataclasses.replace(FAMILIES["sd1"], editing="paint"))

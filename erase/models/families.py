@@ -34,6 +34,7 @@ class FamilySpec:
     img2img_class: str | None  # diffusers class for SDEdit on this family's weights
     inpaint_class: str | None  # inpainting class usable with this family's weights (legacy or real)
     description: str  # one line for error messages / docs
+    adapter: str | None = None  # erase.models.architectures class when it differs from `architecture` ("sdxl")
 
 
 _TE1 = ("text_encoder",)
@@ -51,7 +52,7 @@ FAMILIES: dict[str, FamilySpec] = {
                    "Stable Diffusion 2.x: OpenCLIP ViT-H text encoder (1024-d), linear projections, v-prediction"),
         FamilySpec("sdxl", "StableDiffusionXLPipeline", "unet", "unet", _TE2, None,
                    "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline",
-                   "Stable Diffusion XL: two CLIP text encoders, UNet with text/time conditioning"),
+                   "Stable Diffusion XL: two CLIP text encoders, UNet with text/time conditioning", adapter="sdxl"),
         FamilySpec("sd3", "StableDiffusion3Pipeline", "transformer", "sd3", _TE3, None,
                    "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline",
                    "Stable Diffusion 3.x: MMDiT transformer, two CLIP + one T5 text encoder, flow matching"),
@@ -66,7 +67,7 @@ FAMILIES: dict[str, FamilySpec] = {
                    "InstructPix2Pix: SD1 with an 8-channel UNet (latents + source-image latents), edits by instruction"),
         FamilySpec("ip2p-sdxl", "StableDiffusionXLInstructPix2PixPipeline", "unet", "unet", _TE2, "instruct",
                    None, None,
-                   "InstructPix2Pix on SDXL: 8-channel SDXL UNet, edits by instruction"),
+                   "InstructPix2Pix on SDXL: 8-channel SDXL UNet, edits by instruction", adapter="sdxl"),
         # Kontext weights are a FLUX transformer: FLUX img2img/inpaint classes run on them too.
         FamilySpec("kontext", "FluxKontextPipeline", "transformer", "flux", _TE2, "kontext",
                    "FluxImg2ImgPipeline", "FluxKontextInpaintPipeline",
