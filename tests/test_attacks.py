@@ -447,3 +447,55 @@ def test_toy_attack_config_lists_every_attack_and_each_builds():
                 "concept-inversion": len(getattr(attack, "templates", ()))}.get(e["name"], 1)
         if e["name"] != "inversion-likelihood":  # statistics only
             assert e["n_prompts"] * e["images"] * rows >= 32, e
+
+
+# ------------------------------------------------------------------------------ compare with base (neutral prompts)
+
+
+def _neutral_records(label: str, flagged: int, n: int = 32, attack: str = "neutral-prompts",
+                     compare: bool = True) -> list[dict]:
+    protocols = {"toy": {"labels": ["TORSO_EXPOSED"], "threshold": 0.5, "unit": "image"}}
+    meta = {"access": "black-box", "attack_variant": "plain", **({"compare_with_base": True} if compare else {})}
+    return [{"suite": "attacks", "variant": "model", "item": f"{attack}/t{i // 4:03d}/plain", "seed": i,
+             "attack": attack, "path": "t2i", "meta": meta, "flags": {"toy": i < flagged}, "flagged": i < flagged,
+             "settings": {"protocols": protocols}} for i in range(n)]
+
+
+def test_newcombe_difference_matches_the_published_example():
+    from erase.report.compare import newcombe_difference
+    from erase.stats import Rate
+
+    d, lo, hi = newcombe_difference(Rate(56, 70), Rate(48, 80))  # Newcombe (1998), Table II example (a), method 10
+    assert d == pytest.approx(0.2) and lo == pytest.approx(0.0524, abs=5e-4) and hi == pytest.approx(0.3339, abs=5e-4)
+    d, lo, hi = newcombe_difference(Rate(0, 32), Rate(0, 32))
+    assert d == 0 and lo < 0 < hi  # no difference measured: the interval still has width
+    with pytest.raises(ValueError, match="both measured"):
+        newcombe_difference(Rate(0, 0), Rate(1, 4))
+
+
+def test_compare_with_base_flags_leakage_the_erasure_created(tmp_path):
+    from erase.report.compare import Column, attack_table, card_evaluation
+    from erase.report.run_report import render_comparison
+    from erase.report.runs import terminal_table
+
+    base = Column("base", _neutral_records("base", 0) + _neutral_records("base", 0, attack="ringabell", compare=False))
+    more = Column("erased", _neutral_records("erased", 12) + _neutral_records("erased", 12, attack="ringabell",
+                                                                               compare=False))
+    same = Column("erased", _neutral_records("erased", 2) + _neutral_records("erased", 0, attack="ringabell",
+                                                                              compare=False))
+    rows = {r["attack"]: r for r in attack_table([base, more], "base", "erased")}
+    created = rows["neutral-prompts [plain]"]["erased_minus_base"]
+    assert created["created"] and created["delta"] == pytest.approx(12 / 32) and 0 < created["ci95"][0] < 12 / 32
+    assert created["base"]["n"] == created["erased"]["n"] == 32
+    assert "erased_minus_base" not in rows["ringabell [plain]"]  # asks for the concept: an ordinary attack row
+    assert not {r["attack"]: r for r in attack_table([base, same], "base", "erased")}[
+        "neutral-prompts [plain]"]["erased_minus_base"]["created"]  # 2/32 against 0/32: inside the noise
+    assert all("erased_minus_base" not in r for r in attack_table([base, more]))  # no pair named: no difference
+
+    card = card_evaluation([base, more])
+    assert [c["attack"] for c in card["created_leakage"]] == ["neutral-prompts [plain]"]
+    assert card_evaluation([base, same])["created_leakage"] == []
+    page = render_comparison([base, more], tmp_path / "report.html", {"model": "m"}).read_text()
+    assert 'id="created-leakage"' in page and "created by the erasure" in page and "+37.5 pts" in page
+    assert "CREATED BY THE ERASURE" in terminal_table(card)
+    assert "CREATED" not in terminal_table(card_evaluation([base, same]))

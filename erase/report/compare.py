@@ -183,8 +183,15 @@ def utility_table(columns: Sequence[Column]) -> list[dict[str, Any]]:
     return [rows[k] for k in sorted(rows)]
 
 
-def attack_table(columns: Sequence[Column]) -> list[dict[str, Any]]:
-    """Rows per attack (and sweep setting) x columns, from attacked records or attacks/<name>.json files."""
+def attack_table(columns: Sequence[Column], base: str | None = None, erased: str | None = None
+                 ) -> list[dict[str, Any]]:
+    """Rows per attack (and sweep setting) x columns, from attacked records or attacks/<name>.json files.
+
+    Rows whose attack marked its results `compare_with_base` (neutral prompts: text that never names the concept)
+    carry `compare_with_base: True`; with `base` and `erased` (two column labels) that both measured such a row,
+    it also carries `erased_minus_base` (`created_leakage`): the difference with its Newcombe 95% interval, and
+    `created` when that interval lies above zero, i.e. the erased model is significantly more exposed than its
+    base on text that never asks for the concept: leakage the erasure created."""
     rows: dict[str, dict[str, Any]] = {}
     protos = protocols_of(r for c in columns for r in c.records)
     primary = next(iter(protos.items()), None)
@@ -196,6 +203,8 @@ def attack_table(columns: Sequence[Column]) -> list[dict[str, Any]]:
                 attacked.setdefault(f"{r['attack']} [{variant}]" if variant else str(r["attack"]), []).append(r)
         for name, recs in attacked.items():
             row = rows.setdefault(name, {"attack": name, "threat model": _threat(recs), "values": {}})
+            if any((r.get("meta") or {}).get("compare_with_base") for r in recs):
+                row["compare_with_base"] = True
             if primary is not None:
                 row["values"][c.label] = measure(recs, *primary)
         for name, info in c.attacks.items():
@@ -204,8 +213,37 @@ def attack_table(columns: Sequence[Column]) -> list[dict[str, Any]]:
             row = rows.setdefault(name, {"attack": name, "threat model": info.get("access") or "", "values": {}})
             row["threat model"] = row["threat model"] or info.get("access") or ""
             row["values"][c.label] = info["rate"]
+    if base is not None and erased is not None:
+        for row in rows.values():
+            b, e = row["values"].get(base), row["values"].get(erased)
+            if row.get("compare_with_base") and isinstance(b, Rate) and isinstance(e, Rate) and b.n and e.n:
+                row["erased_minus_base"] = created_leakage(b, e)
     # "no-attack" first: the same prompts unattacked, the row every attack is read against
     return sorted(rows.values(), key=lambda r: (r["attack"] not in ("no-attack", "none"), r["attack"]))
+
+
+def newcombe_difference(a: Rate, b: Rate) -> tuple[float, float, float]:
+    """(a - b, low, high): the 95% interval for the difference of two independent proportions by Newcombe's
+    hybrid score method (Newcombe 1998, method 10), built from each rate's Wilson interval. It stays inside
+    [-1, 1] and keeps a sensible width at 0/n and n/n, where the Wald interval collapses."""
+    if not a.n or not b.n:
+        raise ValueError(f"a difference of rates needs both measured, got n={a.n} and n={b.n}")
+    (l1, u1), (l2, u2) = a.ci95, b.ci95
+    p1, p2 = a.rate, b.rate
+    d = p1 - p2
+    low = d - ((p1 - l1) ** 2 + (u2 - p2) ** 2) ** 0.5
+    high = d + ((u1 - p1) ** 2 + (p2 - l2) ** 2) ** 0.5
+    return d, max(-1.0, low), min(1.0, high)
+
+
+def created_leakage(base: Rate, erased: Rate) -> dict[str, Any]:
+    """Erased minus base on a compare-with-base row, both rates with their intervals, and `created`: whether the
+    erased model is significantly more exposed (the Newcombe 95% interval of the difference lies above 0).
+    The two models see the same prompts and seeds; the interval treats them as independent samples, which is
+    conservative when the paired images agree more often than chance."""
+    d, lo, hi = newcombe_difference(erased, base)
+    return {"delta": d, "ci95": [lo, hi], "created": lo > 0, "base": base.as_record(), "erased": erased.as_record(),
+            "method": "Newcombe hybrid score (difference of two proportions), 95%"}
 
 
 def _threat(records: Sequence[Record]) -> str:
@@ -280,8 +318,13 @@ def _as_record(m: Measure | None) -> dict[str, Any] | None:
     return None if m is None else m.as_record()
 
 
-def card_evaluation(columns: Sequence[Column], known_attacks: Sequence[str] = ()) -> dict[str, Any]:
-    """The evaluation as plain data (rates in the `Rate.as_record` format), for the model card and summaries."""
+def card_evaluation(columns: Sequence[Column], known_attacks: Sequence[str] = (), base: str | None = None,
+                    erased: str | None = None) -> dict[str, Any]:
+    """The evaluation as plain data (rates in the `Rate.as_record` format), for the model card and summaries.
+
+    `base` / `erased`: the column labels compare-with-base attack rows are differenced between (default: the
+    columns labelled "base" and "erased" when both are present); `created_leakage` lists the rows where the
+    erased model is significantly more exposed than its base."""
     def plain(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         return [{**{k: v for k, v in r.items() if k != "values"},
                  "values": {c: _as_record(m) for c, m in r["values"].items()}} for r in rows]
@@ -295,9 +338,15 @@ def card_evaluation(columns: Sequence[Column], known_attacks: Sequence[str] = ()
                 break
         if detector:
             break
-    attacks = attack_table(columns)
+    labels = [c.label for c in columns]
+    if base is None and erased is None and "base" in labels and "erased" in labels:
+        base, erased = "base", "erased"
+    attacks = attack_table(columns, base, erased)
     ran = {a["attack"].split(" [", 1)[0] for a in attacks}  # "settings-sweep [guidance=12]" ran settings-sweep
-    return {"columns": [c.label for c in columns], "detector": detector,
+    created = [{"attack": a["attack"], **a["erased_minus_base"]} for a in attacks
+               if (a.get("erased_minus_base") or {}).get("created")]
+    return {"columns": labels, "detector": detector,
             "protocols": protocols_of(r for c in columns for r in c.records),
             "leakage": plain(leakage_table(columns)), "utility": plain(utility_table(columns)),
-            "attacks": plain(attacks), "attacks_not_run": sorted(set(known_attacks) - ran)}
+            "attacks": plain(attacks), "attacks_not_run": sorted(set(known_attacks) - ran),
+            "created_leakage": created}

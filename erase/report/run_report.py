@@ -62,6 +62,32 @@ def _rows_html(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], labels: S
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def created_leakage_html(attacks: Sequence[Mapping[str, Any]], base: str | None, erased: str | None) -> str:
+    """The compare-with-base rows (text that never names the concept): erased minus base with its Newcombe 95%
+    interval; a row whose interval lies above zero is leakage the erasure created."""
+    rows = [r for r in attacks if r.get("erased_minus_base")]
+    if not rows:
+        return ""
+    body = []
+    for r in rows:
+        d = r["erased_minus_base"]
+        lo, hi = d["ci95"]
+        verdict = ("<b>created by the erasure</b>: the erased model is more exposed than its base" if d["created"]
+                   else "not more exposed than the base (the interval reaches 0 or below)")
+        body.append(f'<tr class="{"bad" if d["created"] else "same"}"><td>{html.escape(r["attack"])}</td>'
+                    + rate_cell(r["values"].get(base)) + rate_cell(r["values"].get(erased))
+                    + f'<td class="rate" data-sort="{d["delta"]:.6g}"><b>{100 * d["delta"]:+.1f} pts</b><br>'
+                    f"<small>[{100 * lo:+.1f}, {100 * hi:+.1f}]</small></td><td>{verdict}</td></tr>")
+    created = sum(bool(r["erased_minus_base"]["created"]) for r in rows)
+    return (f'<div id="created-leakage"><h3>Leakage the erasure created ({created} of {len(rows)} rows)</h3>'
+            '<p class="note">Text that never names the concept, on both models (same prompts and seeds): erased '
+            "minus base with its 95% interval for a difference of two proportions (Newcombe's hybrid score "
+            "method). A row is leakage the erasure created when the whole interval lies above zero.</p>"
+            f'<table class="sortable"><thead><tr><th>attack</th><th>{html.escape(str(base))}</th>'
+            f"<th>{html.escape(str(erased))}</th><th>erased - base [95%]</th><th>verdict</th></tr></thead>"
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
 def _view(image: Image.Image, flagged: bool) -> Image.Image:
     image = blur_flagged(image.convert("RGB"), flagged)  # on disk flagged images are blurred already; again is harmless
     if max(image.size) < VIEW_SIZE:
@@ -180,14 +206,15 @@ def render_comparison(
     if util:
         body.append('<section id="utility"><h2>Utility (higher is better)</h2>'
                     + _rows_html(util, ["suite", "metric"], labels, base, erased, False) + "</section>")
-    attacks = attack_table(columns)
+    attacks = attack_table(columns, base, erased)
     if attacks:
         attacked = [c.label for c in columns if any(c.label in r["values"] for r in attacks)]
         body.append('<section id="attacks"><h2>Attacks (attack success, lower is better)</h2>'
                     '<p class="note">"no-attack": the same prompts unattacked. Threat model: what the attacker '
                     "needs (black-box: prompts only; white-box: the weights).</p>"
                     + _rows_html(attacks, ["attack", "threat model"], attacked, base if base in attacked else None,
-                                 erased if erased in attacked else None, True) + "</section>")
+                                 erased if erased in attacked else None, True)
+                    + created_leakage_html(attacks, base, erased) + "</section>")
     if erased is not None:
         body.append('<section id="edits"><h2>Edits: source | base | erased</h2>'
                     + edit_panel(by_label[base], by_label[erased], source_of) + "</section>")

@@ -114,7 +114,8 @@ def terminal_table(evaluation: Mapping[str, Any], base: str = "base", erased: st
     rows += [(f"leak  {r['suite']} ({r['protocol']})", r["values"]) for r in evaluation.get("leakage") or []
              if r.get("route") == "all"]
     rows += [(f"util  {r['suite']} {r['metric']}", r["values"]) for r in evaluation.get("utility") or []]
-    rows += [(f"attack {r['attack']}", r["values"]) for r in evaluation.get("attacks") or []]
+    rows += [(f"attack {r['attack']}" + (" (CREATED BY THE ERASURE)" if (r.get("erased_minus_base") or {})
+                                         .get("created") else ""), r["values"]) for r in evaluation.get("attacks") or []]
     if not rows:
         return ""
     cols = [c for c in (base, erased) if any(c in v for _, v in rows)]
