@@ -4,7 +4,7 @@
     python scripts/bench_toy_arch.py          # ~1 min on 2 cores
 
 Times UNet forward + backward + AdamW (batch 64, the t2i build's shapes) and VAE steps (batch 48) for the configs
-in erase.toyworld.build and for the earlier, larger ones (UNet (48, 96) with 8 heads, VAE (32, 64, 64)), and
+in erase.toyworld.training and for the earlier, larger ones (UNet (48, 96) with 8 heads, VAE (32, 64, 64)), and
 prints the ratios. Medians of a few steps after warm-up; run it on an idle machine.
 """
 
@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from erase.toyworld.build import THREADS, UNET_CONFIG, VAE_CONFIG
+from erase.toyworld.training.loop import THREADS
+from erase.toyworld.training.t2i import UNET_CONFIG
+from erase.toyworld.training.vae import VAE_CONFIG
 from erase.toyworld.tokenizer import MAX_LENGTH
 
 EARLIER_UNET = {**UNET_CONFIG, "block_out_channels": (48, 96), "attention_head_dim": 8}

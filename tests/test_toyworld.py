@@ -195,7 +195,7 @@ def test_diffusion_loss_is_min_snr_weighted() -> None:
     """The build's loss equals mean_i min(SNR_i, gamma) / SNR_i * ||eps_i - pred_i||^2 / d."""
     import torch
 
-    from erase.toyworld.build import MIN_SNR_GAMMA, _diffusion_loss, train_scheduler
+    from erase.toyworld.training.diffusion import MIN_SNR_GAMMA, diffusion_loss, train_scheduler
 
     class Constant(torch.nn.Module):  # predicts the same tensor whatever it is given
         def __init__(self, pred: torch.Tensor) -> None:
@@ -207,7 +207,7 @@ def test_diffusion_loss_is_min_snr_weighted() -> None:
 
     sched, latents = train_scheduler(), torch.randn(64, 4, 8, 8)
     pred = torch.randn(64, 4, 8, 8)
-    loss = _diffusion_loss(Constant(pred), sched, latents, torch.zeros(64, 3, 8), torch.Generator().manual_seed(0))
+    loss = diffusion_loss(Constant(pred), sched, latents, torch.zeros(64, 3, 8), torch.Generator().manual_seed(0))
     # Replay the generator: noise first, then the timesteps.
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(latents.shape, generator=gen)
@@ -223,7 +223,7 @@ def test_build_ema_is_the_warmed_up_average_the_shipped_weights_used() -> None:
     """The build's EMA (diffusers' EMAModel) applies decay min(0.999, (1 + n) / (10 + n)) at update n = 1, 2, ..."""
     import torch
 
-    from erase.toyworld.build import EMA
+    from erase.toyworld.training.loop import EMA
 
     m = torch.nn.Linear(3, 3)
     expected = [p.detach().clone() for p in m.parameters()]

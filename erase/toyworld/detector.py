@@ -1,6 +1,6 @@
 """A small CNN that reads toy-world images: is the torso exposed, and which shirt/trousers/background/object.
 
-`ToyDetector` is the torch module (trained in `erase.toyworld.build.train_detector`); `ToyWorldDetector` wraps
+`ToyDetector` is the torch module (trained in `erase.toyworld.training.detector`); `ToyWorldDetector` wraps
 the shipped weights in the project's `Detector` protocol (label "TORSO_EXPOSED", one detection per image with
 its score), plus `attributes()` for everything else the toy world measures.
 """
