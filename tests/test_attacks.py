@@ -499,3 +499,40 @@ def test_compare_with_base_flags_leakage_the_erasure_created(tmp_path):
     assert 'id="created-leakage"' in page and "created by the erasure" in page and "+37.5 pts" in page
     assert "CREATED BY THE ERASURE" in terminal_table(card)
     assert "CREATED" not in terminal_table(card_evaluation([base, same]))
+
+
+def test_attack_suite_records_each_attacks_seconds_and_not_for_resumed_targets(sd1, tmp_path):
+    """Every attack label's summary carries its targets and wall/CPU seconds (the attack's own run within the
+    whole group's); a rerun that rebuilds finished targets from their records times nothing."""
+    import numpy as np
+
+    from erase.detect.base import Detection
+    from erase.evaluation.attack_items import AttackMaterial, AttackSuite
+    from erase.evaluation.generate import GenSettings
+    from erase.evaluation.harness import evaluate
+
+    class Brightness:
+        name, version, labels = "fake", "1", ("TORSO_EXPOSED",)
+
+        def detect(self, ims):
+            return [[Detection("TORSO_EXPOSED", float(np.asarray(im, np.float32).mean() / 255))] for im in ims]
+
+    settings = GenSettings(steps=2, guidance=2.0, height=32, width=32)
+
+    def suite():
+        return [AttackSuite([{"name": "neutral-prompts", "n_prompts": 2, "images": 1, "params": {"all_words": False}},
+                             {"name": "ringabell", "n_prompts": 1, "images": 1,
+                              "params": {"population": 4, "generations": 2, "length": 4}}],
+                            AttackMaterial(prompts=[PROMPT], neutral_prompts=[NEUTRAL], negative_words=["blue"]),
+                            sd1, settings=settings)]
+
+    run = dict(detector=Brightness(), protocols=["toy"], settings=settings, batch_size=2, progress=False)
+    first = evaluate(sd1.pipe, suite(), out_dir=tmp_path, **run)["attacks"]["attacks"]
+    for label, targets in (("no-attack", 2), ("neutral-prompts", 2), ("ringabell", 1)):
+        t = first[label]["seconds"]
+        assert t["targets"] == targets
+        assert 0 <= t["attack_wall"] <= t["total_wall"] and 0 < t["total_wall"] and t["total_cpu"] > 0
+    assert first["ringabell"]["seconds"]["attack_cpu"] > 0  # the genetic search ran
+    again = evaluate(sd1.pipe, suite(), out_dir=tmp_path, **run)["attacks"]["attacks"]
+    assert all("seconds" not in again[label] for label in ("no-attack", "neutral-prompts", "ringabell"))
+    assert again["ringabell"]["toy"] == first["ringabell"]["toy"]

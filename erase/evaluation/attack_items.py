@@ -428,7 +428,10 @@ class AttackSuite(Suite):
                                     for k, v in self.seconds[label].items()}
             summary[label] = entry
         for label, stats in self.statistics.items():  # probes that measure numbers, not images
-            summary.setdefault(label, {"statistics": stats})
+            entry = summary.setdefault(label, {"statistics": stats})
+            if label in self.seconds and "seconds" not in entry:
+                entry["seconds"] = {k: round(v, 2) if isinstance(v, float) else v
+                                    for k, v in self.seconds[label].items()}
         for label, why in self._skip.items():
             summary.setdefault(label, {"skipped": why})
         return summary, rows
