@@ -329,9 +329,10 @@ def test_accelerate_configs_parse(name, kind):
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_attacks_see_the_training_loops_original(lora):
-    """One wrapper for the model before erasure: the attacks' OriginalView built from the training loop's Original
-    predicts the untouched model, for full fine-tuning (saved tensors swapped in) and LoRA (adapters off)."""
-    from erase.evaluation.attacks.base import OriginalView
+    """One wrapper for the model before erasure: the training loop's Original, handed to an attack through
+    AttackTarget.require_original, predicts the untouched model, for full fine-tuning (saved tensors swapped in)
+    and LoRA (adapters off)."""
+    from erase.evaluation.attacks import AttackTarget
     from erase.methods.base import Original
     from erase.training import add_lora
 
@@ -341,7 +342,7 @@ def test_attacks_see_the_training_loops_original(lora):
         cond = a.encode_prompts(["a cat"])
         before = a.predict(x, t, cond)
     params = add_lora(a, "xattn", LoraSpec(rank=2), "cat") if lora else a.set_trainable("xattn")
-    view = OriginalView(a, Original(a, lora=lora), "test")
+    view = AttackTarget(prompts=["a cat"], original=Original(a, lora=lora)).require_original(a, "test")
     with torch.no_grad():
         for p in params:
             p.add_(0.5 * torch.randn_like(p))

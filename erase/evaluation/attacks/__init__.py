@@ -28,15 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from erase.evaluation.attacks.base import (
-    ACCESS_LEVELS,
-    Attack,
-    AttackError,
-    AttackResult,
-    AttackTarget,
-    generate_with,
-    sample_latents,
-)
+from erase.evaluation.attacks.generation import generate_with, sample_latents
+from erase.evaluation.attacks.interface import ACCESS_LEVELS, Attack, AttackError, AttackResult, AttackTarget
 from erase.evaluation.attacks.concept_inversion import ConceptInversion
 from erase.evaluation.attacks.embedding_space import EmbeddingSpace
 from erase.evaluation.attacks.image_space import ImageSpace

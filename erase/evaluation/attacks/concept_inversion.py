@@ -20,20 +20,10 @@ from dataclasses import dataclass
 import torch
 
 from erase.models.adapter import Conditioning, DiffusionAdapter
-from erase.evaluation.attacks.base import (
-    Attack,
-    AttackError,
-    AttackResult,
-    AttackTarget,
-    allowed_token_ids,
-    denoising_loss,
-    frozen,
-    nearest_tokens,
-    randint,
-    randn,
-    seeded,
-    slot_prompt,
-)
+from erase.evaluation.attacks.interface import Attack, AttackError, AttackResult, AttackTarget
+from erase.evaluation.attacks.optimisation import denoising_loss, frozen
+from erase.evaluation.attacks.randomness import randint, randn, seeded
+from erase.evaluation.attacks.tokens import allowed_token_ids, nearest_tokens, slot_prompt
 
 TEMPLATES = ("a photo of {}", "a picture of {}", "a close-up photo of {}", "an image of {}", "a good photo of {}")
 PLACEHOLDER = "<concept>"

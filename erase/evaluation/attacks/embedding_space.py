@@ -22,17 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from erase.evaluation.attacks.base import (
-    Attack,
-    AttackError,
-    AttackResult,
-    AttackTarget,
-    denoising_loss,
-    frozen,
-    randint,
-    randn,
-    seeded,
-)
+from erase.evaluation.attacks.interface import Attack, AttackError, AttackResult, AttackTarget
+from erase.evaluation.attacks.optimisation import denoising_loss, frozen
+from erase.evaluation.attacks.randomness import randint, randn, seeded
 from erase.models.adapter import Conditioning, DiffusionAdapter
 
 

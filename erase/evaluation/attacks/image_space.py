@@ -45,7 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from erase.evaluation.attacks.base import Attack, AttackError, AttackResult, AttackTarget, frozen, randn, seeded
+from erase.evaluation.attacks.interface import Attack, AttackError, AttackResult, AttackTarget
+from erase.evaluation.attacks.optimisation import frozen
+from erase.evaluation.attacks.randomness import randn, seeded
 from erase.models.adapter import Conditioning, DiffusionAdapter, ImageCondition
 
 OBJECTIVES = ("result", "detector", "steer", "latent")

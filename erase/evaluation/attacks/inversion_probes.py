@@ -25,18 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from erase.evaluation.attacks.base import (
-    Attack,
-    AttackError,
-    AttackResult,
-    AttackTarget,
-    OriginalView,
-    _sample,
-    frozen,
-    photo_condition,
-    randn,
-    seeded,
-)
+from erase.evaluation.attacks.generation import denoise
+from erase.evaluation.attacks.interface import Attack, AttackError, AttackResult, AttackTarget, photo_condition
+from erase.evaluation.attacks.optimisation import frozen
+from erase.evaluation.attacks.randomness import randn, seeded
 from erase.evaluation.attacks.photo_inversion import ddim_invert
 from erase.models.adapter import DiffusionAdapter, ImageCondition
 
@@ -79,9 +71,9 @@ class BaseInversion(Attack):
 
     def run(self, adapter: DiffusionAdapter, target: AttackTarget, generator=None) -> AttackResult:
         self.check(adapter)
-        base = OriginalView(adapter, target.original, self.name)
+        base = target.require_original(adapter, self.name)
         images = target.require_images(self.name)
-        with frozen(adapter, base.adapter, base.denoiser), torch.no_grad():
+        with frozen(adapter, base.adapter, base.denoiser()), torch.no_grad():
             _, x0, cond, image = _inputs(base.adapter, target, self.name, self.prompt)
             x_T = ddim_invert(base.adapter, x0, cond, self.num_steps, image, predict=base.predict)
         photo = target.photo if target.photo is not None else images
@@ -152,27 +144,21 @@ class InversionLikelihood(Attack):
         self.check(adapter)
         with frozen(adapter), torch.no_grad():
             _, x0, cond, image = _inputs(adapter, target, self.name, self.prompt)
-            stats = self._probe(adapter, x0, cond, image, adapter.predict, adapter)
+            stats = self._probe(adapter, x0, cond, image, adapter.predict)
             if target.original is not None:
-                base = OriginalView(adapter, target.original, self.name)
-                with frozen(base.adapter, base.denoiser):
+                base = target.require_original(adapter, self.name)
+                with frozen(base.adapter, base.denoiser()):
                     _, bx0, bcond, bimage = _inputs(base.adapter, target, self.name, self.prompt)
-                    b = self._probe(base.adapter, bx0, bcond, bimage, base.predict, base.adapter, base.denoiser)
+                    b = self._probe(base.adapter, bx0, bcond, bimage, base.predict, base.denoiser())
                 stats.update({f"{k}_base": v for k, v in b.items()})
                 stats.update({f"delta_{k}": stats[k] - b[k] for k in b})
         return self.result("statistics", statistics=stats, variant="inverted-latent likelihood",
                            budget={"num_steps": self.num_steps}, info={"references": len(x0)})
 
-    def _probe(self, adapter, x0, cond, image: ImageCondition | None, predict, model, denoiser=None) -> dict[str, float]:
+    def _probe(self, adapter, x0, cond, image: ImageCondition | None, predict, denoiser=None) -> dict[str, float]:
         x_T = ddim_invert(adapter, x0, cond, self.num_steps, image, predict=predict)
         stats = gaussian_stats(x_T)
-        if denoiser is None:  # reconstruction through the same model (guidance 1: the conditional branch only)
-            back = _sample(model, cond, cond, self.num_steps, 1.0, x_T, image)
-        else:
-            ts = model.inference_timesteps(self.num_steps).to(model.device)
-            back = x_T
-            for i in range(self.num_steps):
-                back = model.step(back, ts[i], ts[i + 1] if i + 1 < self.num_steps else None,
-                                  predict(back, ts[i], cond, image))
+        # reconstruction through the same model (guidance 1: the conditional branch only)
+        back = denoise(adapter, cond, cond, self.num_steps, 1.0, x_T, image, denoiser=denoiser)
         stats["reconstruction_error"] = ((back - x0).float().norm() / x0.float().norm()).item()
         return stats

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from erase.evaluation.attacks.base import Attack, AttackError, AttackResult, AttackTarget
+from erase.evaluation.attacks.interface import Attack, AttackError, AttackResult, AttackTarget
 from erase.models.adapter import DiffusionAdapter
 
 

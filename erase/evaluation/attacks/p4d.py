@@ -24,19 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from erase.models.adapter import Conditioning, DiffusionAdapter, ImageCondition
-from erase.evaluation.attacks.base import (
-    Attack,
-    AttackResult,
-    AttackTarget,
-    OriginalView,
-    allowed_token_ids,
-    frozen,
-    nearest_tokens,
-    randint,
-    random_tokens,
-    seeded,
-    slot_prompt,
-)
+from erase.evaluation.attacks.generation import trajectory
+from erase.evaluation.attacks.interface import Attack, AttackResult, AttackTarget
+from erase.evaluation.attacks.optimisation import frozen
+from erase.evaluation.attacks.randomness import randint, seeded
+from erase.evaluation.attacks.tokens import allowed_token_ids, nearest_tokens, random_tokens, slot_prompt
+from erase.methods.base import Original
 
 
 @dataclass
@@ -59,8 +52,8 @@ class P4D(Attack):
     def run(self, adapter: DiffusionAdapter, target: AttackTarget, generator: torch.Generator | None = None) -> AttackResult:
         self.check(adapter)
         g = seeded(generator)
-        original = OriginalView(adapter, target.original, self.name)
-        with frozen(adapter, original.adapter, original.denoiser):  # one attack per concept prompt
+        original = target.require_original(adapter, self.name)
+        with frozen(adapter, original.adapter, original.denoiser()):  # one attack per concept prompt
             outs = [self._attack_prompt(adapter, original, target, prompt, g) for prompt in target.prompts]
         mean = lambda key: sum(o[key] for o in outs) / len(outs)
         return self.result(
@@ -81,7 +74,7 @@ class P4D(Attack):
             parts += [ids[i : i + k], 1]
         return slot_prompt(tok, parts)
 
-    def _attack_prompt(self, adapter, original: OriginalView, target: AttackTarget, prompt: str, g) -> dict:
+    def _attack_prompt(self, adapter, original: Original, target: AttackTarget, prompt: str, g) -> dict:
         tok = adapter.pipe.tokenizer
         table = adapter.token_embedding().weight.detach()
         allowed = allowed_token_ids(tok)
@@ -89,8 +82,10 @@ class P4D(Attack):
 
         # the original's trajectory for the concept prompt, and its (conditional) predictions along it
         image1 = target.image_condition(original.adapter, 1)
-        cond_o, uncond_o = original.encode([prompt]), original.encode([""])
-        states = original.trajectory(cond_o, uncond_o, self.num_steps, self.guidance, g, image=image1)
+        with torch.no_grad():
+            cond_o, uncond_o = original.adapter.encode_prompts([prompt]), original.adapter.encode_prompts([""])
+        states = trajectory(original.adapter, cond_o, uncond_o, self.num_steps, self.guidance, g, image1,
+                            denoiser=original.denoiser())
         targets = [original.predict(x, t, cond_o, image1) for t, x in states]
 
         def batch(index: list[int]):

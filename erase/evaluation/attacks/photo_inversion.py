@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 
 from erase.models.adapter import Conditioning, DiffusionAdapter, ImageCondition
-from erase.evaluation.attacks.base import Attack, AttackResult, AttackTarget, frozen, photo_condition
+from erase.evaluation.attacks.interface import Attack, AttackResult, AttackTarget, photo_condition
+from erase.evaluation.attacks.optimisation import frozen
 
 
 @torch.no_grad()

@@ -25,15 +25,9 @@ from erase.concept import Concept
 from erase.methods.base import FineTuneMethod, Original, text_only_image_condition
 from erase.models.adapter import DiffusionAdapter
 from erase.training import TrainConfig, train
-from erase.evaluation.attacks.base import (
-    Attack,
-    AttackResult,
-    AttackTarget,
-    denoising_loss,
-    photo_condition,
-    randint,
-    randn,
-)
+from erase.evaluation.attacks.interface import Attack, AttackResult, AttackTarget, photo_condition
+from erase.evaluation.attacks.optimisation import denoising_loss
+from erase.evaluation.attacks.randomness import randint, randn
 
 
 class _Denoising(FineTuneMethod):

@@ -25,15 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from erase.models.adapter import DiffusionAdapter
-from erase.evaluation.attacks.base import (
-    Attack,
-    AttackError,
-    AttackResult,
-    AttackTarget,
-    allowed_token_ids,
-    seeded,
-    single_clip,
-)
+from erase.evaluation.attacks.interface import Attack, AttackError, AttackResult, AttackTarget, single_clip
+from erase.evaluation.attacks.randomness import seeded
+from erase.evaluation.attacks.tokens import allowed_token_ids
 
 
 @torch.no_grad()

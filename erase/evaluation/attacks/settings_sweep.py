@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from erase.evaluation.attacks.base import Attack, AttackError, AttackResult, AttackTarget
+from erase.evaluation.attacks.interface import Attack, AttackError, AttackResult, AttackTarget
 from erase.models.adapter import DiffusionAdapter
 
 def check_scheduler(name: str) -> None:

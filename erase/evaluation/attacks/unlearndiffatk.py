@@ -30,20 +30,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from erase.models.adapter import Conditioning, DiffusionAdapter
-from erase.evaluation.attacks.base import (
-    Attack,
-    AttackError,
-    AttackResult,
-    AttackTarget,
-    allowed_token_ids,
-    denoising_loss,
-    frozen,
-    nearest_tokens,
-    randn,
-    random_tokens,
-    seeded,
-    slot_prompt,
-)
+from erase.evaluation.attacks.interface import Attack, AttackError, AttackResult, AttackTarget
+from erase.evaluation.attacks.optimisation import denoising_loss, frozen
+from erase.evaluation.attacks.randomness import randn, seeded
+from erase.evaluation.attacks.tokens import allowed_token_ids, nearest_tokens, random_tokens, slot_prompt
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The attack interface: what an erased model still leaks when someone tries to get the concept back.
+"""The attack interface: what an attack is handed (`AttackTarget`), what it returns (`AttackResult`) and the
+`Attack` base class every attack subclasses.
 
 An attack takes the erased model (a `DiffusionAdapter`) and an `AttackTarget` (the concept's prompts, optional
 reference images showing it, the pre-erasure model where the threat model allows it, the photo to edit for editing
@@ -8,26 +9,25 @@ families) and returns an `AttackResult`: whatever generation needs to reproduce 
     "text"       prompt text (typed by a user)                 UnlearnDiffAtk, P4D (projected), Ring-A-Bell
     "embeddings" prompt embeddings (pipeline `prompt_embeds`)  concept inversion (and the soft forms of the above)
     "weights"    a fine-tuned adapter + the weight delta       relearning
-    "latents"    initial latents x_T (+ the photo to edit)     photo inversion (TINA-style)
+    "latents"    initial latents x_T (+ the photo to edit)     photo inversion (TINA-style), inversion probes
+    "statistics" numbers only, no images                       inversion-likelihood probe
 
-`generate_with(adapter, result, n, seed)` turns any result into PIL images through `adapter.sample_trajectory`
-(deterministic DDIM / flow-Euler with classifier-free guidance), so any detector can score attack outputs.
+`erase.evaluation.attacks.generation.generate_with(adapter, result, n, seed)` turns any result into images.
 
 Threat models (`Attack.access`): "black-box" needs only the public text encoder; "white-box" reads gradients or
-weights of the erased model; "white-box+original" also needs the model before erasure (P4D).
+weights of the erased model; "white-box+original" also needs the model before erasure (P4D, base inversion), which
+`AttackTarget.require_original` hands over as the training loop's `erase.methods.base.Original`.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
@@ -37,8 +37,6 @@ from erase.models.adapter import Conditioning, DiffusionAdapter, ImageCondition
 
 ACCESS_LEVELS = ("white-box", "black-box", "white-box+original")
 RESULT_KINDS = ("text", "embeddings", "weights", "latents", "statistics")
-DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = 7.5
 
 
 class AttackError(ValueError):
@@ -96,6 +94,23 @@ class AttackTarget:
         if self.images is None or len(self.images) == 0:
             raise AttackError(f"{attack} needs reference images of the concept: AttackTarget(images=...) in [-1, 1]")
         return self.images
+
+    def require_original(self, adapter: DiffusionAdapter, attack: str) -> Original:
+        """The pre-erasure model as the training loop's `Original` (one wrapper for training and attacks), whatever
+        form it was handed in: an Original as it is, a separately loaded DiffusionAdapter, or a frozen denoiser
+        module (`adapter.frozen_copy()`) that predicts through the attacked adapter. Attacks predict with
+        `original.predict` and sample with `original.adapter` and `denoiser=original.denoiser()`."""
+        original = self.original
+        if original is None:
+            raise AttackError(f"{attack} needs the original (pre-erasure) model: AttackTarget(original=...)")
+        if isinstance(original, Original):
+            return original
+        if isinstance(original, DiffusionAdapter):
+            return Original(original, lora=False, frozen=original.denoiser)
+        if isinstance(original, nn.Module):
+            return Original(adapter, lora=False, frozen=original)
+        raise AttackError(f"{attack}: original must be a DiffusionAdapter, a denoiser module or an Original, "
+                          f"not {type(original).__name__}")
 
     @torch.no_grad()
     def reference_latents(self, adapter: DiffusionAdapter, attack: str) -> Tensor:
@@ -305,266 +320,3 @@ class Attack(ABC):
 
 def single_clip(adapter: DiffusionAdapter) -> bool:
     return adapter.spec.architecture == "unet" and tuple(adapter.spec.text_encoders) == ("text_encoder",)
-
-
-def seeded(generator: torch.Generator | None) -> torch.Generator:
-    return generator if generator is not None else torch.Generator().manual_seed(0)
-
-
-def randn(shape: Sequence[int], generator: torch.Generator, like: Tensor) -> Tensor:
-    """Noise drawn on the CPU from `generator` (same draws on any device), moved next to `like`."""
-    return torch.randn(tuple(shape), generator=generator).to(like.device, like.dtype)
-
-
-def randint(high: int, n: int, generator: torch.Generator) -> list[int]:
-    return torch.randint(high, (n,), generator=generator).tolist()
-
-
-@contextmanager
-def frozen(*models: DiffusionAdapter | nn.Module | None) -> Iterator[None]:
-    """Every module of the given adapters/modules in eval mode with requires_grad off; restored afterwards.
-    Attacks optimise inputs, never the weights: this keeps gradients (and their memory) off the model."""
-    modules: list[nn.Module] = []
-    for m in models:
-        if isinstance(m, DiffusionAdapter):
-            modules += list(m.modules().values())
-        elif isinstance(m, nn.Module):
-            modules.append(m)
-    flags = [(p, p.requires_grad) for m in modules for p in m.parameters()]
-    modes = [(sub, sub.training) for m in modules for sub in m.modules()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    for m, _ in modes:
-        m.eval()
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        for m, mode in modes:
-            m.train(mode)
-
-
-def denoising_loss(adapter: DiffusionAdapter, x0: Tensor, noise: Tensor, t: Tensor, cond: Conditioning,
-                   image: ImageCondition | None = None, denoiser: nn.Module | None = None, criterion: str = "l2") -> Tensor:
-    """|| model(x_t, t, c) - target(x0, noise, t) ||: the diffusion training loss (l2 = MSE, l1 = MAE)."""
-    t = t.expand(len(x0)) if t.dim() == 0 else t
-    x_t = adapter.add_noise(x0, noise, t)
-    pred = adapter.predict(x_t, t, cond, image, denoiser=denoiser).float()
-    tgt = adapter.target(x0, noise, t).float()
-    return F.l1_loss(pred, tgt) if criterion == "l1" else F.mse_loss(pred, tgt)
-
-
-# ---------------------------------------------------------------------------------------------------------- tokens
-@dataclass
-class SlotPrompt:
-    """A tokenised prompt with learnable slots: [bos] + (fixed tokens | slots)* + [eos] + padding.
-
-    The slot positions get their embeddings from the attack; every other position is the usual token embedding.
-    """
-
-    ids: Tensor  # (1, L) token ids; slots hold their initial/projected token ids
-    slots: Tensor  # (k,) positions of the learnable tokens
-    end: int  # index of the eos token (the body is ids[1:end])
-
-    def embeds(self, adapter: DiffusionAdapter, slot_embeds: Tensor) -> Tensor:
-        """Token embeddings (B, L, D) with the slots replaced by `slot_embeds` ((k, D) or (B, k, D))."""
-        emb = adapter.token_embedding()
-        base = emb(self.ids.to(adapter.device)).detach()
-        slot_embeds = slot_embeds if slot_embeds.dim() == 3 else slot_embeds[None]
-        base = base.expand(len(slot_embeds), -1, -1).clone()
-        base[:, self.slots.to(adapter.device)] = slot_embeds.to(base.dtype)
-        return base
-
-    def encode(self, adapter: DiffusionAdapter, slot_embeds: Tensor) -> Conditioning:
-        """Text conditioning from the prompt with these slot embeddings (differentiable in them)."""
-        return Conditioning(adapter.encode_clip_tokens(inputs_embeds=self.embeds(adapter, slot_embeds)))
-
-    def with_ids(self, slot_ids: Sequence[int] | Tensor) -> Tensor:
-        ids = self.ids.clone()
-        ids[0, self.slots] = torch.as_tensor(list(map(int, slot_ids)), dtype=ids.dtype)
-        return ids
-
-    def text(self, tokenizer, slot_ids: Sequence[int] | Tensor) -> str:
-        """The prompt as text with the slots set to `slot_ids` (what a user would type)."""
-        body = self.with_ids(slot_ids)[0, 1 : self.end].tolist()
-        return tokenizer.decode(body, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
-
-
-def slot_prompt(tokenizer, parts: Sequence[str | int | list[int]], placeholder: int | None = None) -> SlotPrompt:
-    """Build a SlotPrompt from parts: text (str), token ids (list[int]) or a number of learnable slots (int)."""
-    placeholder = allowed_token_ids(tokenizer)[0] if placeholder is None else placeholder
-    body: list[int] = []
-    slots: list[int] = []
-    for part in parts:
-        if isinstance(part, int):
-            slots += range(1 + len(body), 1 + len(body) + part)
-            body += [placeholder] * part
-        elif isinstance(part, str):
-            body += tokenizer(part, add_special_tokens=False).input_ids if part.strip() else []
-        else:
-            body += list(part)
-    n = tokenizer.model_max_length
-    if slots and max(slots) > n - 2:
-        raise AttackError(f"the prompt is too long for {len(slots)} learnable tokens within {n} tokens")
-    body = body[: n - 2]
-    ids = [tokenizer.bos_token_id, *body, tokenizer.eos_token_id]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids += [pad] * (n - len(ids))
-    return SlotPrompt(torch.tensor([ids]), torch.tensor(slots, dtype=torch.long), end=1 + len(body))
-
-
-def allowed_token_ids(tokenizer) -> list[int]:
-    """Vocabulary ids an attack may place in a prompt: everything but the special tokens."""
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    return [i for i in range(len(tokenizer)) if i not in special]
-
-
-def nearest_tokens(embeds: Tensor, table: Tensor, allowed: Sequence[int]) -> Tensor:
-    """Ids of the vocabulary embeddings nearest in cosine to each row of `embeds` (..., D) (PEZ projection)."""
-    allowed_t = torch.as_tensor(list(allowed), device=table.device)
-    vocab = F.normalize(table[allowed_t].float(), dim=-1)
-    sims = F.normalize(embeds.detach().float().reshape(-1, embeds.shape[-1]), dim=-1).to(vocab.device) @ vocab.T
-    return allowed_t[sims.argmax(-1)].reshape(embeds.shape[:-1]).cpu()
-
-
-def random_tokens(tokenizer, n: int, generator: torch.Generator) -> list[int]:
-    allowed = allowed_token_ids(tokenizer)
-    return [allowed[i] for i in randint(len(allowed), n, generator)]
-
-
-# ---------------------------------------------------------------------------------------------------------- original
-class OriginalView:
-    """The pre-erasure model as an attack sees it: text encoding and (no-grad) predictions/trajectories."""
-
-    def __init__(self, adapter: DiffusionAdapter, original: Any, attack: str):
-        self.adapter, self.denoiser, self._context = adapter, None, None
-        if original is None:
-            raise AttackError(f"{attack} needs the original (pre-erasure) model: AttackTarget(original=...)")
-        if isinstance(original, DiffusionAdapter):
-            self.adapter = original
-        elif isinstance(original, Original):  # the training loop's own wrapper: saved tensors swapped in, LoRA off
-            self.adapter, self.denoiser = original.adapter, original.denoiser()
-        elif isinstance(original, nn.Module):
-            self.denoiser = original
-        else:
-            raise AttackError(f"{attack}: original must be a DiffusionAdapter, a denoiser module or an Original, "
-                              f"not {type(original).__name__}")
-
-    def _off(self):
-        stack = ExitStack()
-        if self._context is not None:
-            stack.enter_context(self._context())
-        return stack
-
-    @torch.no_grad()
-    def encode(self, prompts: Sequence[str]) -> Conditioning:
-        return self.adapter.encode_prompts(list(prompts))
-
-    @torch.no_grad()
-    def predict(self, x: Tensor, t: Tensor, cond: Conditioning, image: ImageCondition | None = None) -> Tensor:
-        with self._off():
-            return self.adapter.predict(x, t, cond, image, denoiser=self.denoiser)
-
-    @torch.no_grad()
-    def trajectory(self, cond: Conditioning, uncond: Conditioning, num_steps: int, guidance: float,
-                   generator: torch.Generator, image: ImageCondition | None = None) -> list[tuple[Tensor, Tensor]]:
-        """The (t_i, x_{t_i}) states the original visits while sampling the prompt (before each step)."""
-        x_T = randn(self.adapter.latent_shape(len(cond), _size(self.adapter, image)), generator,
-                    torch.empty(0, device=self.adapter.device, dtype=self.adapter.dtype))
-        with self._off():
-            return [(t, x) for _, t, x in self.adapter.sample_trajectory(
-                cond, uncond, num_steps, guidance, until=num_steps, denoiser=self.denoiser, x_T=x_T, image=image)]
-
-
-def _size(adapter: DiffusionAdapter, image: ImageCondition | None) -> int | None:
-    """Pixel size the latents must have to match a channel-concatenated photo condition (IP2P, inpainting)."""
-    if image is None or adapter.spec.editing not in ("instruct", "inpaint"):
-        return None
-    return image.latents.shape[-1] * adapter.latent_factor
-
-
-# ---------------------------------------------------------------------------------------------------------- generation
-@torch.no_grad()
-def sample_latents(
-    adapter: DiffusionAdapter,
-    result: AttackResult,
-    n: int,
-    seed: int = 0,
-    *,
-    num_steps: int | None = None,
-    guidance: float | None = None,
-    form: str | None = None,
-    batch_size: int = 4,
-) -> Tensor:
-    """Clean latents of n attack images. Image i uses row i % rows of the result (prompt, embedding, latent,
-    photo) and, where the start is random, its own CPU generator seeded with seed + i.
-
-    num_steps/guidance: explicit values win, then the result's own (photo inversion must regenerate on the grid
-    it inverted on), then 50 steps / guidance 7.5. form: "text" | "embeddings" | "weights" | "latents"
-    (default: result.kind), e.g. form="embeddings" samples the soft prompt of UnlearnDiffAtk/P4D."""
-    form = form or result.kind
-    if form not in result.forms() and not (form == "text" and result.kind == "latents"):
-        raise AttackError(f"{result.attack} result has no {form!r} form; it has {result.forms()}")
-    model = result.adapter if result.adapter is not None else adapter
-    num_steps = num_steps or result.num_steps or DEFAULT_STEPS
-    guidance = guidance if guidance is not None else (result.guidance if result.guidance is not None else DEFAULT_GUIDANCE)
-    if form == "embeddings":
-        cond_all = result.conditioning.to(model.device, model.dtype)
-    else:
-        cond_all = model.encode_prompts(result.prompts or [""])
-    uncond1 = model.encode_prompts([result.negative_prompt])
-    out = []
-    for start in range(0, n, batch_size):
-        idx = list(range(start, min(n, start + batch_size)))
-        cond = cond_all.select([i % len(cond_all) for i in idx])
-        uncond = uncond1.select([0] * len(idx))
-        image = None
-        if model.edits_images:
-            image = (photo_condition(model, result.photo, result.mask, idx) if result.photo is not None
-                     else text_only_image_condition(model, len(idx)))
-        if form == "latents":
-            x_T = result.latents[[i % len(result.latents) for i in idx]].to(model.device, model.dtype)
-        else:
-            shape = model.latent_shape(1, _size(model, image))
-            x_T = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in idx])
-            x_T = x_T.to(model.device, model.dtype)
-        start = result.start_step if form == "latents" else 0
-        out.append(_sample(model, cond, uncond, num_steps, guidance, x_T, image, start))
-    return torch.cat(out)
-
-
-def _sample(model: DiffusionAdapter, cond: Conditioning, uncond: Conditioning, num_steps: int, guidance: float,
-            x: Tensor, image: ImageCondition | None, start: int = 0) -> Tensor:
-    """The deterministic sampler (as `sample_trajectory`) from grid index `start` (x is the state there) to the
-    clean latents."""
-    if not 0 <= start < num_steps:
-        raise AttackError(f"start_step {start} must lie in [0, {num_steps}) of the {num_steps}-step grid")
-    ts = model.inference_timesteps(num_steps).to(model.device)
-    both = Conditioning.cat([uncond, cond])
-    image2 = None if image is None else ImageCondition(torch.cat([image.latents, image.latents]))
-    for i in range(start, num_steps):
-        e_u, e_c = model.predict(torch.cat([x, x]), ts[i], both, image2).chunk(2)
-        x = model.step(x, ts[i], ts[i + 1] if i + 1 < num_steps else None, e_u + guidance * (e_c - e_u))
-    return x
-
-
-def latents_to_pil(adapter: DiffusionAdapter, latents: Tensor) -> list[Image.Image]:
-    with torch.no_grad():
-        images = adapter.decode_latents(latents)
-    arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    return [Image.fromarray(a, "RGB") for a in arrays]
-
-
-def generate_with(
-    adapter: DiffusionAdapter,
-    result: AttackResult,
-    n: int,
-    seed: int = 0,
-    **kwargs: Any,
-) -> list[Image.Image]:
-    """n PIL images of the attack (see `sample_latents` for the options), decoded by the model's VAE.
-    For editing families the result's photo (or, without one, the image-unconditional branch) conditions every image."""
-    model = result.adapter if result.adapter is not None else adapter
-    latents = sample_latents(adapter, result, n, seed, **kwargs)
-    return latents_to_pil(model, latents)
