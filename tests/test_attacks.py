@@ -136,6 +136,33 @@ def test_p4d_k_with_a_frozen_original_denoiser(sd1, original):
         get_attack("p4d", iterations=1, num_steps=2).run(sd1, AttackTarget(prompts=[PROMPT]), gen(0))
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_clis_original_after_erasure_predicts_the_model_before(tmp_path, lora):
+    """erase/cli.py hands the attacks the model before erasure as the training loop's Original over
+    `result.before` (the weights erasure could change, not a second copy of the network): after ESD-x, full
+    fine-tuning or with its LoRA still attached, it predicts the untouched model; a bad original is refused."""
+    from erase.cli import _original
+    from erase.concept import Concept
+    from erase.run import erase
+
+    a = DiffusionAdapter(tiny_pipeline("sd1"))
+    a.default_size = 32
+    x, t = torch.randn(1, 4, 16, 16, generator=gen(0)), torch.tensor([400])
+    with torch.no_grad():
+        cond = a.encode_prompts([PROMPT])
+        before = a.predict(x, t, cond)
+    cfg = {"name": "esd", "params": {"variant": "esd-x", "num_steps": 3, "trajectories": 2, "refresh_every": 2},
+           "train": {"steps": 3, "lr": 1e-2, "cpu": True}, **({"lora": {"rank": 2}} if lora else {})}
+    result = erase(a, cfg, Concept(id="red", prompts=[PROMPT], anchor=NEUTRAL), tmp_path, do_export=False)
+    with torch.no_grad():
+        assert not torch.allclose(a.predict(x, t, cond), before, atol=1e-4)
+    original = AttackTarget(prompts=[PROMPT], original=_original(a, result)).require_original(a, "p4d")
+    assert torch.allclose(original.predict(x, t, cond), before, atol=1e-6)
+    assert original.module is None and 0 < len(original.saved) < len(list(a.denoiser.parameters()))
+    with pytest.raises(AttackError, match="original must be"):
+        AttackTarget(prompts=[PROMPT], original="base").require_original(a, "p4d")
+
+
 def test_concept_inversion_lowers_denoising_loss(sd1, target):
     before = snapshot(sd1)
     attack = get_attack("concept-inversion", steps=3, eval_points=2, resample_noise=False, templates=("a photo of {}", "{}"))
@@ -536,3 +563,16 @@ def test_attack_suite_records_each_attacks_seconds_and_not_for_resumed_targets(s
     again = evaluate(sd1.pipe, suite(), out_dir=tmp_path, **run)["attacks"]["attacks"]
     assert all("seconds" not in again[label] for label in ("no-attack", "neutral-prompts", "ringabell"))
     assert again["ringabell"]["toy"] == first["ringabell"]["toy"]
+
+
+def test_toy_blackbox_attack_config_repeats_the_batterys_entries():
+    """eval/toy_attacks_blackbox measures the neutral-prompt and settings-sweep rows per method: the same entries
+    (budgets, targets, images) as the full battery, so its rows compare with the battery's."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).parents[1] / "configs/eval"
+    full = yaml.safe_load((root / "toy_attacks.yaml").read_text())["attacks"]
+    black = yaml.safe_load((root / "toy_attacks_blackbox.yaml").read_text())["attacks"]
+    assert black == [e for e in full if e["name"] in ("neutral-prompts", "settings-sweep")] and len(black) == 3
