@@ -91,7 +91,6 @@ def _run_task(cfg: DictConfig, out: Path) -> dict[str, Any]:
             summary["base"] = evaluate_adapter(adapter, eval_cfg, base_dir, f"{model['name']} (base)", concept,
                                                wandb=cfg.wandb, baselines=True)
 
-    original = adapter.frozen_copy() if evaluating and eval_cfg.get("attacks") else None  # P4D needs the model before
     result = erase(adapter, method_cfg, concept, out, seed=cfg.seed, do_export=False, cpu=bool(cfg.cpu), wandb=bool(cfg.wandb))
     summary["erasure"] = {"stats": result.stats, "seconds": round(result.seconds, 1)}
     if result.unfinished:  # stopped on purpose (stop_after): no evaluation or export of half-trained weights
@@ -99,6 +98,7 @@ def _run_task(cfg: DictConfig, out: Path) -> dict[str, Any]:
         return _finish(summary, out)
     card = _card_info(cfg, model, adapter)
     if evaluating:
+        original = _original(adapter, result) if eval_cfg.get("attacks") else None  # P4D needs the model before
         erased = evaluate_adapter(adapter, eval_cfg, out / "eval-erased", f"{model['name']} - {summary['method']}", concept,
                                   wandb=cfg.wandb, original=original)
         summary["erased"] = erased
@@ -145,6 +145,15 @@ def base_eval_dir(eval_cfg: Mapping[str, Any], adapter, concept: Concept, model:
         about.write_text(json.dumps({"model": model.get("name"), "path": str(model.get("path")),
                                      "family": adapter.family, "eval": eval_cfg.get("name")}, indent=2))
     return folder
+
+
+def _original(adapter, result):
+    """The model before erasure for the attacks: the training loop's Original over the weights erasure could change,
+    as they were before it (`result.before`; LoRA adapters switched off), not a second copy of the network."""
+    from erase.methods.base import Original
+
+    prefix = f"{adapter.spec.denoiser}."
+    return Original(adapter, lora=result.lora is not None, frozen={k.removeprefix(prefix): v for k, v in result.before.items()})
 
 
 def _card_info(cfg: DictConfig, model: Mapping[str, Any], adapter) -> dict[str, Any]:
