@@ -576,3 +576,16 @@ def test_toy_blackbox_attack_config_repeats_the_batterys_entries():
     full = yaml.safe_load((root / "toy_attacks.yaml").read_text())["attacks"]
     black = yaml.safe_load((root / "toy_attacks_blackbox.yaml").read_text())["attacks"]
     assert black == [e for e in full if e["name"] in ("neutral-prompts", "settings-sweep")] and len(black) == 3
+
+
+def test_attack_markdown_has_intervals_differences_and_seconds():
+    from erase.report.compare import Column, card_evaluation
+    from erase.report.runs import attack_markdown
+
+    card = card_evaluation([Column("base", _neutral_records("base", 0)), Column("erased", _neutral_records("e", 12))])
+    t = {"attack_wall": 0.0, "total_wall": 13.1}
+    md = attack_markdown(card, seconds={"base": {"neutral-prompts": t}, "erased": {"neutral-prompts": t}})
+    lines = md.splitlines()
+    assert lines[0].startswith("| attack | threat model | base | erased | erased - base")
+    row = lines[2]
+    assert "0.0% [0-11] n=32" in row and "37.5% [23-55] n=32" in row and "CREATED" in row and "0 / 13" in row

@@ -131,6 +131,35 @@ def terminal_table(evaluation: Mapping[str, Any], base: str = "base", erased: st
     return "\n".join(lines)
 
 
+def attack_markdown(evaluation: Mapping[str, Any], columns: Sequence[str] = ("base", "erased"),
+                    seconds: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> str:
+    """The attack table as markdown (docs, README): a row per attack and variant, its threat model, each
+    column's rate with its 95% interval and n, and for compare-with-base rows erased minus base with its
+    Newcombe interval (CREATED when the erased model is significantly more exposed). `seconds`: column ->
+    attack label -> its engine timing (the evaluation summary's `seconds`): wall seconds of the attack's own
+    runs / of everything it cost with its images, per column, on the attack's first row."""
+    cols = [c for c in columns if any(c in (r.get("values") or {}) for r in evaluation.get("attacks") or [])]
+    head = ["attack", "threat model", *cols, "erased - base (neutral text)"]
+    timed = [c for c in cols if seconds and seconds.get(c)]
+    head += [f"wall s, {c} (attack / with images)" for c in timed]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    shown: set[str] = set()
+    for r in evaluation.get("attacks") or []:
+        d = r.get("erased_minus_base")
+        diff = "-"
+        if d:
+            lo, hi = d["ci95"]
+            diff = f"{100 * d['delta']:+.1f} pts [{100 * lo:+.0f}, {100 * hi:+.0f}]" + (" CREATED" if d["created"] else "")
+        cells = [r["attack"], str(r.get("threat model") or ""), *[_cell(r["values"].get(c)) for c in cols], diff]
+        name = r["attack"].split(" [", 1)[0]
+        for c in timed:  # per attack (all its variants together): on its first row
+            t = seconds[c].get(name) if name not in shown else None  # type: ignore[index]
+            cells.append(f"{t['attack_wall']:.0f} / {t['total_wall']:.0f}" if t else "")
+        shown.add(name)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def edit_panels(columns: Sequence[Column], source_of: Callable[[Mapping[str, Any]], Image.Image | None] | None,
                 n: int = 4) -> list[tuple[str, Image.Image]]:
     """A few source | base | erased triplets as single images (flagged tiles blurred), for wandb."""
