@@ -3,7 +3,7 @@
     sampling presets   toy (text-to-image), toy-edit (edits, benign suites)
     suites             toy: prompts (held-out exposed phrasings), edits (forbidden edit of held-out photos),
                        utility / benign (benign prompts and benign edits)
-    photos             toy: clothed photos with torso masks and their exposed counterparts
+    photos             toy: clothed photos with shirt masks and their exposed counterparts
     attack material    toy: held-out exposed prompts, forbidden instructions, exposed references, held-out photos
     detector           toy: the shipped toy-world detector
     models             toy:t2i, toy:editor
@@ -22,7 +22,7 @@ from erase.evaluation.edit_suites import EditCase, EditSuite
 from erase.evaluation.generate import GenSettings
 from erase.evaluation.prompt_suites import Prompt, PromptSuite
 from erase.evaluation.utility import BenignPrompt, UtilitySuite
-from erase.photos import PhotoSet, box_mask, to_tensor
+from erase.photos import PhotoSet, box_mask, mask_tensor, to_tensor
 import erase.toyworld as _toy
 from erase.toyworld import world
 from erase.toyworld.world import (
@@ -61,8 +61,9 @@ def settings(edit: bool = False) -> GenSettings:
 
 
 def shirt_mask(scene: Any, size: int, sleeves: float = 3.5, margin: float = 1.5) -> Image.Image:
-    """Mask over the toy figure's shirt: the torso box, widened by `sleeves` and `margin` canvas units (the canvas
-    is 32 units wide) so the sleeves and the shirt's edge are repainted too."""
+    """The toy world's one shirt mask (the region the forbidden edit repaints), for the evaluation's inpainting
+    suites and attack material and for the training photos alike: the torso box, widened by `sleeves` and `margin`
+    canvas units (the canvas is 32 units wide) so the sleeves and the shirt's edge are repainted too."""
     x1, y1, x2, y2 = world.torso_box(scene, size)
     k = size / 32.0 * getattr(scene, "scale", 1.0)
     box = (x1 - (sleeves + margin) * k, y1 - margin * k, x2 + (sleeves + margin) * k, y2 + margin * k)
@@ -139,17 +140,13 @@ def build_suite(kind: str, name: str, size: int, **options: Any):
 
 
 def toy_photos(n: int, size: int = 32, seed: int = 0) -> PhotoSet:
-    """Clothed toy photos with torso masks and their exposed counterparts (training seeds by default)."""
+    """Clothed toy photos with their shirt masks and exposed counterparts (training seeds by default)."""
     images, masks, exposed = [], [], []
     for i in range(n):
         scene = world.scene_from_seed(seed + i)
         images.append(to_tensor(render(scene, size), size))
         exposed.append(to_tensor(render(apply_edit(scene, Edit("remove_shirt")), size), size))
-        mask = torch.zeros(1, size, size)
-        x1, y1, x2, y2 = world.torso_box(scene, size)
-        pad = max(1, size // 16)  # cover the torso's edges and arms: the region the edit repaints
-        mask[:, max(y1 - pad, 0) : y2 + pad, max(x1 - 2 * pad, 0) : x2 + 2 * pad] = 1
-        masks.append(mask)
+        masks.append(mask_tensor(shirt_mask(scene, size), size))
     return PhotoSet(torch.stack(images), torch.stack(masks), torch.stack(exposed))
 
 
