@@ -42,6 +42,7 @@ class DDPMSchedule:
         return (u * (self.num_train_timesteps - 1)).round().long()
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        # Not scheduler.add_noise: Euler schedulers (SDXL's) add noise in sigma space (x0 + sigma * noise).
         a = self._alpha(t, x0)
         return (a.sqrt() * x0 + (1 - a).sqrt() * noise).to(x0.dtype)
 
