@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Mapping
@@ -88,8 +89,10 @@ def _run_task(cfg: DictConfig, out: Path) -> dict[str, Any]:
     base_dir = base_eval_dir(eval_cfg, adapter, concept, model, out) if evaluating else None
     if evaluating:  # a shared base cache is written by one run at a time; the next one waits, then reuses it
         with locked_out_dir(base_dir, wait=True) if is_main_rank() and eval_cfg.get("base_cache") else nullcontext():
+            source = base_eval_source(base_dir, adapter, state.num_processes) if eval_cfg.get("base_cache") else None
             summary["base"] = evaluate_adapter(adapter, eval_cfg, base_dir, f"{model['name']} (base)", concept,
                                                wandb=cfg.wandb, baselines=True)
+            summary["base"]["source"] = source or {"source": "computed", "folder": str(base_dir)}
 
     result = erase(adapter, method_cfg, concept, out, seed=cfg.seed, do_export=False, cpu=bool(cfg.cpu), wandb=bool(cfg.wandb))
     summary["erasure"] = {"stats": result.stats, "seconds": round(result.seconds, 1)}
@@ -109,7 +112,7 @@ def _run_task(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
         meta = {"model": model["name"], "path": str(model["path"]), "family": adapter.family,
                 "method": summary["method"], "concept": concept.id, "seed": cfg.seed,
-                "erasure": f"{summary['erasure']['seconds']} s"}
+                "erasure": f"{summary['erasure']['seconds']} s", "base evaluation": describe_base_source(summary["base"]["source"])}
         page, summary["comparison"] = write_run_report(
             out, run_columns(base_dir, out / "eval-erased"), meta,
             f"{model['name']}: {summary['method']} erasing {concept.id}", photo_lookup(eval_cfg, adapter))
@@ -136,7 +139,8 @@ def base_eval_dir(eval_cfg: Mapping[str, Any], adapter, concept: Concept, model:
     from erase.evaluation.harness import model_fingerprint
 
     settings = {k: v for k, v in eval_cfg.items() if k not in ("base_cache", "name")}
-    blob = json.dumps({"eval": settings, "concept": concept_hash(concept)}, sort_keys=True, default=str)
+    blob = json.dumps({"eval": settings, "sampling": _resolved_sampling(eval_cfg), "concept": concept_hash(concept)},
+                      sort_keys=True, default=str)
     key = f"{model_fingerprint(adapter.pipe, adapter.spec)}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
     folder = Path(str(root)).expanduser() / key
     folder.mkdir(parents=True, exist_ok=True)
@@ -145,6 +149,86 @@ def base_eval_dir(eval_cfg: Mapping[str, Any], adapter, concept: Concept, model:
         about.write_text(json.dumps({"model": model.get("name"), "path": str(model.get("path")),
                                      "family": adapter.family, "eval": eval_cfg.get("name")}, indent=2))
     return folder
+
+
+def _resolved_sampling(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampling settings a preset name stands for (`sampling: toy`), so that changing a registered preset
+    changes the cache key instead of meeting records made with the old preset."""
+    from erase.evaluation.config import build_settings
+
+    named = {"": eval_cfg.get("sampling")}
+    named.update({s: (c or {}).get("sampling") for s, c in (eval_cfg.get("suites") or {}).items()})
+    return {name: settings.as_record() for name, value in sorted(named.items())
+            if value is not None and (settings := build_settings(value)) is not None}
+
+
+def base_eval_source(folder: Path, adapter, world: int = 1) -> dict[str, Any]:
+    """Where the base evaluation in `folder` (a base_cache entry) comes from, seeding an empty entry first.
+
+    An entry that holds records already is reused ("cache"; or "shipped" if it was seeded earlier). An empty one is
+    seeded from a registered `base_eval` source (the toy world ships its models' base evaluations:
+    erase/toyworld/base_evals.py) when one has finished work for this key: its records and images are copied in
+    and the harness skips every image they hold. Otherwise "computed". Seeds are written by one process, so a
+    multi-process evaluation computes its own."""
+    from erase import registry
+
+    about = folder / "seeded_from.json"
+    if any(p.stat().st_size for p in (folder / "parts").glob("*.jsonl")):
+        return json.loads(about.read_text()) if about.is_file() else {"source": "cache", "folder": str(folder)}
+    for name in registry.names("base_eval") if world == 1 else ():
+        seed = registry.get("base_eval", name)(folder.name)
+        if seed is None:
+            continue
+        seed = Path(seed)
+        manifest = json.loads((seed / "seed.json").read_text()) if (seed / "seed.json").is_file() else {}
+        _copy_seed(seed, folder, manifest.get("model_id"), _pipe_id(adapter))
+        info = {"source": "shipped", "folder": str(folder), "seed": str(seed), "plugin": name,
+                **{k: manifest[k] for k in ("built", "command", "versions", "records") if k in manifest}}
+        about.write_text(json.dumps(info, indent=2))
+        log.info("base evaluation: shipped records from %s (%s)", seed, name)
+        return info
+    return {"source": "computed", "folder": str(folder)}
+
+
+def describe_base_source(info: Mapping[str, Any] | None) -> str:
+    """One line for reports: where the base model's numbers came from."""
+    info = info or {}
+    if info.get("source") == "shipped":
+        return (f"shipped with the {info.get('plugin')} plugin ({info.get('records')} records built "
+                f"{info.get('built')} by `{info.get('command')}`; {info.get('seed')}), reused from {info.get('folder')}")
+    if info.get("source") == "cache":
+        return f"reused from the base cache {info.get('folder')} (an earlier run's evaluation)"
+    return f"computed in this run ({info.get('folder')})"
+
+
+def _pipe_id(adapter) -> str:
+    from erase.evaluation.harness import _pipe_name
+
+    return _pipe_name(adapter.pipe)
+
+
+def _copy_seed(seed: Path, folder: Path, built_id: str | None, model_id: str) -> None:
+    """Copy a seed's records (the model id rewritten to this pipeline's: records name the folder they were made
+    from, and the harness checks it on resume) and images into `folder`; the records file is written last."""
+    import shutil
+
+    from erase.evaluation.records import dumps
+
+    if (seed / "images").is_dir():
+        shutil.copytree(seed / "images", folder / "images", dirs_exist_ok=True)
+    lines = []
+    for line in (seed / "parts" / "rank-0-of-1.jsonl").read_text().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        ident = record.get("settings", {}).get("model", {})
+        if built_id is not None and ident.get("id") == built_id:
+            ident["id"] = model_id
+        lines.append(dumps(record) + "\n")
+    (folder / "parts").mkdir(parents=True, exist_ok=True)
+    tmp = folder / "parts" / f"seed.{os.getpid()}.tmp"
+    tmp.write_text("".join(lines), encoding="utf-8")
+    tmp.replace(folder / "parts" / "rank-0-of-1.jsonl")
 
 
 def _original(adapter, result):

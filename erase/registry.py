@@ -17,6 +17,8 @@ Kinds and what an entry is:
     attack_material  a callable (n, size, seed, concept) -> erase.evaluation.attack_items.AttackMaterial
     sampling         a mapping of GenSettings fields (or a GenSettings)
     model            a callable () -> path of a pipeline folder, for `model.path=<name>` (e.g. "toy:t2i")
+    base_eval        a callable (cache key) -> folder of finished, read-only base-evaluation work for that
+                     `eval.base_cache` key (parts/rank-0-of-1.jsonl, images/, seed.json), or None (erase.cli)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any, Callable
 
 log = logging.getLogger("erase.registry")
 
-KINDS: tuple[str, ...] = ("suite", "detector", "photos", "attack_material", "sampling", "model")
+KINDS: tuple[str, ...] = ("suite", "detector", "photos", "attack_material", "sampling", "model", "base_eval")
 PLUGINS: list[str] = ["erase.toyworld"]  # imported lazily, the first time a name is not found
 
 _entries: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}

@@ -130,6 +130,7 @@ def _register() -> None:
     registry.register("suite", "toy", f"{pieces}:build_suite")
     registry.register("photos", "toy", f"{pieces}:toy_photos")
     registry.register("attack_material", "toy", f"{pieces}:attack_material")
+    registry.register("base_eval", "toy", "erase.toyworld.base_evals:shipped_base_eval")  # shipped base evaluations
 
 
 _register()
