@@ -259,3 +259,19 @@ def test_adapter_refuses_a_spec_without_an_architecture_class() -> None:
         DiffusionAdapter(pipe, dataclasses.replace(FAMILIES["sd1"], adapter="bogus"))
     with pytest.raises(ModelLoadError, match="unknown editing kind 'paint'"):
         DiffusionAdapter(pipe, dataclasses.replace(FAMILIES["sd1"], editing="paint"))
+
+
+@pytest.mark.parametrize("family", ["sd1", "flux"])  # one DDIM, one flow-Euler grid
+def test_a_chain_started_part_way_equals_the_rest_of_the_full_chain(family: str) -> None:
+    from erase.models.adapter import DiffusionAdapter
+
+    adapter = DiffusionAdapter(tiny_pipeline(family))
+    cond, uncond = adapter.encode_prompts(["a red square"]), adapter.encode_prompts([""])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        states = list(adapter.sample_trajectory(cond, uncond, 6, 3.0, generator=g))
+        x_at_3 = states[3][2]
+        resumed = adapter.sample(cond, uncond, 6, 3.0, x_T=x_at_3, start=3)
+        from_3_as_if_x_T = adapter.sample(cond, uncond, 6, 3.0, x_T=x_at_3)
+    assert torch.equal(resumed, states[-1][2])
+    assert not torch.allclose(from_3_as_if_x_T, states[-1][2])  # `start` matters: the grid position is not x_T's

@@ -197,17 +197,19 @@ class DiffusionAdapter:
         denoiser: nn.Module | None = None,
         x_T: Tensor | None = None,
         image: ImageCondition | None = None,
+        start: int = 0,
     ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Deterministic (DDIM / flow-Euler) sampling with classifier-free guidance, yielding (i, t_i, x_{t_i})
         before each step i < `until`: the partially denoised latents ESD trains on. With `until=None` the chain
-        runs to the end and a last item (num_steps, None, x_0) carries the clean latents."""
+        runs to the end and a last item (num_steps, None, x_0) carries the clean latents. `start` > 0 begins the
+        chain part-way down the grid, `x_T` then being the state at index `start` (noise injection)."""
         to_end = until is None
         until = num_steps if to_end else until
         x = x_T if x_T is not None else torch.randn(self.latent_shape(len(cond)), generator=generator).to(self.device, self.dtype)
         ts = self.inference_timesteps(num_steps).to(self.device)
         both = Conditioning.cat([uncond, cond])
         image2 = None if image is None else ImageCondition(torch.cat([image.latents, image.latents]))
-        for i in range(until):
+        for i in range(start, until):
             t = ts[i]
             yield i, t, x
             e_u, e_c = self.predict(torch.cat([x, x]), t, both, image2, denoiser=denoiser).chunk(2)

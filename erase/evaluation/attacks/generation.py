@@ -40,17 +40,7 @@ def denoise(model: DiffusionAdapter, cond: Conditioning, uncond: Conditioning, n
     adapter's sampler (`denoiser`: another module to predict with, e.g. `Original.denoiser()`)."""
     if not 0 <= start < num_steps:
         raise AttackError(f"start_step {start} must lie in [0, {num_steps}) of the {num_steps}-step grid")
-    if start == 0:
-        return model.sample(cond, uncond, num_steps, guidance, x_T=x, image=image, denoiser=denoiser)
-    # A chain started part-way (noise injection: a re-noised reference): `sample_trajectory` always starts at
-    # index 0, so the remaining steps are taken with the adapter's own predict and step.
-    ts = model.inference_timesteps(num_steps).to(model.device)
-    both = Conditioning.cat([uncond, cond])
-    image2 = None if image is None else ImageCondition(torch.cat([image.latents, image.latents]))
-    for i in range(start, num_steps):
-        e_u, e_c = model.predict(torch.cat([x, x]), ts[i], both, image2, denoiser=denoiser).chunk(2)
-        x = model.step(x, ts[i], ts[i + 1] if i + 1 < num_steps else None, e_u + guidance * (e_c - e_u))
-    return x
+    return model.sample(cond, uncond, num_steps, guidance, x_T=x, image=image, denoiser=denoiser, start=start)
 
 
 @torch.no_grad()
