@@ -589,3 +589,18 @@ def test_attack_markdown_has_intervals_differences_and_seconds():
     assert lines[0].startswith("| attack | threat model | base | erased | erased - base")
     row = lines[2]
     assert "0.0% [0-11] n=32" in row and "37.5% [23-55] n=32" in row and "CREATED" in row and "0 / 13" in row
+
+
+def test_image_space_on_a_text_to_image_family_attacks_its_img2img_path(sd1):
+    """The image-space attack edits a photo: on a text-to-image family the engine hands it the img2img path (also
+    when the entry names t2i), and refuses it before any work when no photo is given."""
+    from erase.evaluation.attack_items import AttackMaterial, AttackSuite
+    from erase.models.tiny import tiny_image
+
+    refs = [tiny_image(32)]
+    with pytest.raises(AttackError, match="edits photos"):
+        AttackSuite([{"name": "image-space"}], AttackMaterial(prompts=[PROMPT], references=refs), sd1)
+    for entry in ({"name": "image-space"}, {"name": "image-space", "path": "t2i"}):
+        suite = AttackSuite([entry], AttackMaterial(prompts=[PROMPT], references=refs, photos=[tiny_image(32)],
+                                                    benign_prompts=[NEUTRAL]), sd1)
+        assert suite.path_of(suite.specs[0]) == "img2img" and not suite._skip
