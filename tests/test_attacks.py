@@ -604,3 +604,35 @@ def test_image_space_on_a_text_to_image_family_attacks_its_img2img_path(sd1):
         suite = AttackSuite([entry], AttackMaterial(prompts=[PROMPT], references=refs, photos=[tiny_image(32)],
                                                     benign_prompts=[NEUTRAL]), sd1)
         assert suite.path_of(suite.specs[0]) == "img2img" and not suite._skip
+
+
+def test_report_shows_images_per_attack_with_flagged_ones_blurred(tmp_path):
+    import base64
+    import io
+    import re
+
+    import numpy as np
+
+    from erase.report.compare import Column
+    from erase.report.run_report import render_comparison
+
+    board = Image.fromarray((np.indices((32, 32)).sum(0) % 2 * 255).astype(np.uint8)).convert("RGB")
+    cols = []
+    for label, flagged in (("base", 0), ("erased", 32)):
+        root = tmp_path / label
+        (root / "images").mkdir(parents=True)
+        recs = _neutral_records(label, flagged)
+        for i, r in enumerate(recs):
+            r["image"] = f"images/{i}.png"
+            board.save(root / r["image"])  # unblurred on disk: the report must blur flagged tiles itself
+        cols.append(Column(label, recs, root))
+    page = render_comparison(cols, tmp_path / "report.html", {"model": "m"}).read_text()
+    assert 'id="attack-grids"' in page
+    grids = {alt: Image.open(io.BytesIO(base64.b64decode(data))).convert("L") for alt, data in
+             re.findall(r'<img alt="(neutral-prompts on \w+)" src="data:image/png;base64,([^"]+)"', page)}
+    assert set(grids) == {"neutral-prompts on base", "neutral-prompts on erased"}
+    assert grids["neutral-prompts on base"].width == 4 + 6 * (64 + 4)  # six tiles of 64 px
+    tile = (10, 10, 58, 58)  # inside the first tile, clear of the red frame
+    sharp = np.asarray(grids["neutral-prompts on base"].crop(tile), np.float32).std()
+    blurred = np.asarray(grids["neutral-prompts on erased"].crop(tile), np.float32).std()
+    assert sharp > 100 and blurred < sharp / 4

@@ -88,6 +88,46 @@ def created_leakage_html(attacks: Sequence[Mapping[str, Any]], base: str | None,
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
+def attack_grids_html(columns: Sequence[Column], per_attack: int = 6, tile: int = 64) -> str:
+    """One row per attack: a few of its images on each model (spread over its variants, flagged ones blurred and
+    framed), captioned with target and variant ids, never the attacked text."""
+    from erase.report.images import image_grid
+
+    names = list(dict.fromkeys(str(r["attack"]) for c in columns for r in c.records if r.get("attack") is not None))
+    rows = []
+    for name in names:
+        cells = []
+        for c in columns:
+            by_variant: dict[str, list[Mapping[str, Any]]] = {}
+            for r in c.records:
+                if r.get("attack") == name and r.get("image") and c.root is not None and (c.root / r["image"]).is_file():
+                    by_variant.setdefault(str((r.get("meta") or {}).get("attack_variant") or ""), []).append(r)
+            chosen: list[Mapping[str, Any]] = []
+            while len(chosen) < per_attack and any(by_variant.values()):  # round-robin over the variants
+                for recs in by_variant.values():
+                    if recs and len(chosen) < per_attack:
+                        chosen.append(recs.pop(0))
+            if not chosen:
+                cells.append("<td>-</td>")
+                continue
+            images = []
+            for r in chosen:
+                with Image.open(c.root / r["image"]) as im:  # type: ignore[operator]
+                    images.append(im.convert("RGB").resize((tile, tile), Image.Resampling.NEAREST))
+            captions = [(str((r.get("meta") or {}).get("attack_variant") or "") or f"t{(r.get('meta') or {}).get('attack_target', '')}")[:12]
+                        for r in chosen]
+            grid = image_grid(images, cols=len(images), captions=captions, flagged=[bool(r.get("flagged")) for r in chosen],
+                              caption_height=14)
+            cells.append(f'<td><img alt="{html.escape(name, quote=True)} on {html.escape(c.label, quote=True)}" '
+                         f'src="{image_data_uri(grid)}"></td>')
+        rows.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(c.label)}</th>" for c in columns)
+    return ('<details id="attack-grids"><summary>Images per attack (flagged ones blurred and framed red)</summary>'
+            f'<table><thead><tr><th>attack</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></details>')
+
+
 def _view(image: Image.Image, flagged: bool) -> Image.Image:
     image = blur_flagged(image.convert("RGB"), flagged)  # on disk flagged images are blurred already; again is harmless
     if max(image.size) < VIEW_SIZE:
@@ -214,7 +254,8 @@ def render_comparison(
                     "needs (black-box: prompts only; white-box: the weights).</p>"
                     + _rows_html(attacks, ["attack", "threat model"], attacked, base if base in attacked else None,
                                  erased if erased in attacked else None, True)
-                    + created_leakage_html(attacks, base, erased) + "</section>")
+                    + created_leakage_html(attacks, base, erased)
+                    + attack_grids_html([by_label[c] for c in attacked]) + "</section>")
     if erased is not None:
         body.append('<section id="edits"><h2>Edits: source | base | erased</h2>'
                     + edit_panel(by_label[base], by_label[erased], source_of) + "</section>")
