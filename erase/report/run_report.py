@@ -108,7 +108,7 @@ def attack_grids_html(columns: Sequence[Column], per_attack: int = 6, tile: int 
                     if recs and len(chosen) < per_attack:
                         chosen.append(recs.pop(0))
             if not chosen:
-                cells.append("<td>-</td>")
+                cells.append(f"<figure><figcaption>{html.escape(c.label)}: no image</figcaption></figure>")
                 continue
             images = []
             for r in chosen:
@@ -118,14 +118,13 @@ def attack_grids_html(columns: Sequence[Column], per_attack: int = 6, tile: int 
                         for r in chosen]
             grid = image_grid(images, cols=len(images), captions=captions, flagged=[bool(r.get("flagged")) for r in chosen],
                               caption_height=14)
-            cells.append(f'<td><img alt="{html.escape(name, quote=True)} on {html.escape(c.label, quote=True)}" '
-                         f'src="{image_data_uri(grid)}"></td>')
-        rows.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
+            cells.append(f'<figure><img alt="{html.escape(name, quote=True)} on {html.escape(c.label, quote=True)}" '
+                         f'src="{image_data_uri(grid)}"><figcaption>{html.escape(c.label)}</figcaption></figure>')
+        rows.append(f'<div class="attack-grid"><h4>{html.escape(name)}</h4>{"".join(cells)}</div>')
     if not rows:
         return ""
-    head = "".join(f"<th>{html.escape(c.label)}</th>" for c in columns)
     return ('<details id="attack-grids"><summary>Images per attack (flagged ones blurred and framed red)</summary>'
-            f'<table><thead><tr><th>attack</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></details>')
+            + "".join(rows) + "</details>")
 
 
 def _view(image: Image.Image, flagged: bool) -> Image.Image:
