@@ -1,5 +1,8 @@
-"""Benchmark: peak memory of erasure training steps on the real SD1.5 / SDXL / FLUX.1 (Kontext) denoisers, against
-what the step must hold.
+"""Benchmark: peak memory of erasure training steps on the real SD1.5 / SDXL / FLUX.1 / FLUX.1 Kontext denoisers,
+against what the step must hold.
+
+Kontext is FLUX.1's transformer (the same published config); what differs is its input: the context image's
+latent tokens are appended to the target's (twice the image tokens per row), so it is its own case here.
 
 The denoisers are built from their published configs in code (random weights, nothing downloaded). Each method's
 training step is run as erase runs it: the trained group chosen (`DiffusionAdapter.module_group` names), the
@@ -14,6 +17,7 @@ the model was built (each case runs in its own process). The "before" column is 
 Original stopped deep-copying the denoiser (one more copy of the weights).
 
     python scripts/bench_scale.py                            # CPU: reduced depth (full widths, one block each)
+    python scripts/bench_scale.py --families sdxl flux kontext --methods esd-x --size 256 --steps 2 --json out.jsonl
     python scripts/bench_scale.py --families sd15 --methods esd-x esd-u --size 512
     python scripts/bench_scale.py --full --size 1024         # GPU: full depth
 """
@@ -56,18 +60,22 @@ def build(family: str, full: bool):
             addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")), "unet"
-    if family == "flux":  # black-forest-labs/FLUX.1-dev (and Kontext: the same transformer) transformer/config.json
+    if family in ("flux", "kontext"):  # black-forest-labs/FLUX.1-dev (and FLUX.1-Kontext-dev: the same) transformer/config.json
         return FluxTransformer2DModel(num_layers=19 if full else 1, num_single_layers=38 if full else 1,
                                       attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
                                       pooled_projection_dim=768, in_channels=64, guidance_embeds=True), "flux"
-    raise SystemExit(f"unknown family {family!r}: sd15 | sdxl | flux")
+    raise SystemExit(f"unknown family {family!r}: {' | '.join(FAMILIES)}")
+
+
+FAMILIES = ("sd15", "sdxl", "flux", "kontext")
 
 
 def inputs(family: str, net, b: int, size: int, device, dtype):
     """Random inputs of the real shapes: latents at size/8, text tokens of the family's encoders."""
     h = size // 8
-    if family == "flux":
+    if family in ("flux", "kontext"):
         n_img, n_txt = (h // 2) ** 2, 512
+        n_img *= 2 if family == "kontext" else 1  # Kontext: the context image's tokens follow the target's
         ids = torch.zeros(n_img, 3, device=device)
         return dict(hidden_states=torch.randn(b, n_img, 64, device=device, dtype=dtype), timestep=torch.full((b,), 0.5, device=device),
                     guidance=torch.full((b,), 3.5, device=device), pooled_projections=torch.randn(b, 768, device=device, dtype=dtype),
@@ -154,7 +162,16 @@ def case(family: str, method: str, size: int, batch: int, full: bool, steps: int
             "rows": rows, "weights_gb": weights / 1e9, "trained_gb": trained / 1e9, "copy_gb": copy / 1e9,
             "activations_gb": activations / 1e9, "account_gb": account / 1e9, "peak_gb": peak / 1e9,
             "ratio": peak / account, "before_account_gb": (account + (0 if rank else base_weights - copy)) / 1e9,
-            "step_s": sorted(times)[len(times) // 2]}
+            "params_m": base_weights / 4e6, "blocks": _depth(net, family),
+            "step_s": sorted(times)[len(times) // 2], "steps": steps, "threads": torch.get_num_threads()}
+
+
+def _depth(net, family: str) -> str:
+    """How deep the built denoiser is, in its own terms (to say what "reduced depth" means)."""
+    if family in ("flux", "kontext"):
+        return f"{len(net.transformer_blocks)} double + {len(net.single_transformer_blocks)} single blocks"
+    layers = net.config.layers_per_block
+    return f"{len(net.down_blocks)} stages x {layers} resnet layer(s), transformer depth {net.config.transformer_layers_per_block}"
 
 
 def _group(net, arch: str, group: str) -> set[str]:
@@ -172,7 +189,8 @@ def _group(net, arch: str, group: str) -> set[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--families", nargs="+", default=["sd15", "sdxl", "flux"])
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    ap.add_argument("--json", help="also append each case's result as one JSON line to this file")
     ap.add_argument("--methods", nargs="+", default=None, help=f"default: all on a GPU, {CPU_METHODS} on CPU")
     ap.add_argument("--size", type=int, default=None, help="pixels (default 512 on a GPU, 256 on CPU)")
     ap.add_argument("--batch", type=int, default=1)
@@ -186,20 +204,23 @@ def main() -> None:
     gpu = torch.cuda.is_available()
     methods = args.methods or (list(METHODS) if gpu else CPU_METHODS)
     size, full = args.size or (512 if gpu else 256), args.full or gpu
-    print(f"{'family':6s} {'method':13s} {'weights':>8s} {'trained':>8s} {'activ.':>8s} {'account':>8s} {'peak':>8s} "
-          f"{'peak/acc':>8s} {'before':>8s} {'step s':>7s}   ({'GPU' if gpu else 'CPU, reduced depth'}, {size} px, "
+    print(f"{'family':7s} {'method':13s} {'weights':>8s} {'trained':>8s} {'activ.':>8s} {'account':>8s} {'peak':>8s} "
+          f"{'peak/acc':>8s} {'before':>8s} {'step s':>7s} {'params':>7s}   ({'GPU' if gpu else 'CPU, reduced depth'}, {size} px, "
           f"batch {args.batch}; GB)")
     for family in args.families:
         for method in methods:
             spec = dict(family=family, method=method, size=size, batch=args.batch, full=full, steps=args.steps)
             run = subprocess.run([sys.executable, __file__, "--case", json.dumps(spec)], capture_output=True, text=True)
             if run.returncode != 0:
-                print(f"{family:6s} {method:13s} failed: {run.stderr.strip().splitlines()[-1:]}")
+                print(f"{family:7s} {method:13s} failed: {run.stderr.strip().splitlines()[-1:]}")
                 continue
             r = json.loads(run.stdout.strip().splitlines()[-1])
-            print(f"{family:6s} {method:13s} {r['weights_gb']:8.2f} {r['trained_gb']:8.3f} {r['activations_gb']:8.2f} "
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+            print(f"{family:7s} {method:13s} {r['weights_gb']:8.2f} {r['trained_gb']:8.3f} {r['activations_gb']:8.2f} "
                   f"{r['account_gb']:8.2f} {r['peak_gb']:8.2f} {r['ratio']:8.2f} {r['before_account_gb']:8.2f} "
-                  f"{r['step_s']:7.2f}", flush=True)
+                  f"{r['step_s']:7.2f} {r['params_m']:6.0f}M   {r['blocks']}", flush=True)
 
 
 if __name__ == "__main__":
