@@ -142,3 +142,30 @@ def test_shipped_base_items_recompute_to_the_shipped_records(exp, tmp_path):
             diff = (torch.tensor(np.asarray(a.convert("RGB")), dtype=torch.float)
                     - torch.tensor(np.asarray(b.convert("RGB")), dtype=torch.float)).abs().mean().item()
         assert diff < 2.0, f"{key}: regenerated image differs from the shipped one by {diff:.2f} / 255 on average"
+
+
+def test_toy_demo_comparison_gives_every_rate_with_n_and_interval_and_says_where_the_base_came_from():
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location("toy_demo", Path(__file__).parents[1] / "scripts" / "toy_demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    rec = lambda k, n: {"rate": k / n, "k": k, "n": n, "ci95": [0, 1]}
+    summary = {"model": "toy-t2i", "erasure": {"seconds": 12.5},
+               "base": {"source": {"source": "shipped", "plugin": "toy", "records": 210, "built": "then",
+                                   "command": "python -m erase.toyworld.base_evals", "seed": "S", "folder": "F"}},
+               "comparison": {"leakage": [{"suite": "prompts", "route": "all", "protocol": "toy",
+                                           "values": {"base": rec(48, 48), "erased": rec(0, 48)}},
+                                          {"suite": "edits", "route": "inpaint", "protocol": "toy",
+                                           "values": {"base": rec(16, 16), "erased": rec(1, 16)}}],
+                              "utility": [{"suite": "utility", "metric": "attribute_accuracy",
+                                           "values": {"base": rec(317, 320), "erased": rec(312, 320)}}],
+                              "attacks": []}}
+    table = demo.side_by_side({"toy_t2i": summary})
+    assert "| leakage: prompts (toy) | 100.0% [92.6, 100.0] (n=48) | 0.0% [0.0, 7.4] (n=48) |" in table
+    assert "| leakage: edits [inpaint] (toy) | 100.0% [80.6, 100.0] (n=16) | 6.2% [1.1, 28.3] (n=16) |" in table
+    cells = [c.strip() for line in table.splitlines() if line.startswith("| leakage") or line.startswith("| utility")
+             for c in line.strip("|").split("|")[1:]]
+    assert cells and all(re.fullmatch(r"\d+\.\d% \[\d+\.\d, \d+\.\d\] \(n=\d+\)", c) for c in cells), cells
+    assert "Base column: shipped with the toy plugin (210 records" in table and "| erasure time (s) | - | 12.5 |" in table
