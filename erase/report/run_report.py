@@ -73,7 +73,7 @@ def created_leakage_html(attacks: Sequence[Mapping[str, Any]], base: str | None,
         d = r["erased_minus_base"]
         lo, hi = d["ci95"]
         verdict = ("<b>created by the erasure</b>: the erased model is more exposed than its base" if d["created"]
-                   else "not more exposed than the base (the interval reaches 0 or below)")
+                   else "not shown: the interval reaches 0 (no significant difference at this n)")
         body.append(f'<tr class="{"bad" if d["created"] else "same"}"><td>{html.escape(r["attack"])}</td>'
                     + rate_cell(r["values"].get(base)) + rate_cell(r["values"].get(erased))
                     + f'<td class="rate" data-sort="{d["delta"]:.6g}"><b>{100 * d["delta"]:+.1f} pts</b><br>'
