@@ -125,8 +125,9 @@ def test_shipped_base_items_recompute_to_the_shipped_records(exp, tmp_path):
     first = {}
     for r in sorted(shipped.values(), key=lambda r: (r["suite"], r["index"], r["seed"])):
         first.setdefault((r["suite"], r["path"]), r["key"])  # each suite's (and editing route's) first item
-    base_eval_source(folder, adapter)
-    kept = [r for k, r in shipped.items() if k not in set(first.values())]
+    base_eval_source(folder, adapter)  # copies the seed in, its model id rewritten to this checkout's path
+    seeded = read_records(folder / base_evals.RECORDS)
+    kept = [r for r in seeded if r["key"] not in set(first.values())]
     (folder / base_evals.RECORDS).write_text("".join(json.dumps(r) + "\n" for r in kept))
     evaluate_adapter(adapter, eval_cfg, folder, "base", concept, baselines=True)
     now = {r["key"]: r for r in read_records(folder / "results.jsonl")}
