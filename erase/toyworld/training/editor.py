@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerFast
 from erase.toyworld import world
 from erase.toyworld.training.data import encode_latents, item_seeds, render_uint8, tokenize
 from erase.toyworld.training.diffusion import diffusion_loss, sample_scheduler, train_scheduler
-from erase.toyworld.training.loop import EMA, NoPace, Pace, lr_lambda, random_batches, setup_training
+from erase.toyworld.training.loop import DiffusionOptimiser, NoPace, Pace, random_batches, setup_training
 
 
 def ip2p_unet_from(unet: UNet2DConditionModel) -> UNet2DConditionModel:
@@ -68,10 +68,7 @@ def train_editor(
     print(f"editor: {n_triplets} triplets + latents in {time.time() - t0:.0f} s")
     empty = tokenize(tok, [""])[0]
     sched = train_scheduler()
-    params = list(unet.parameters()) + list(te.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps))
-    ema = EMA([unet, te])
+    optimiser = DiffusionOptimiser([unet, te], lr, steps)
     bar = tqdm(random_batches(n_triplets, batch_size, steps, gen), total=steps, desc="editor", mininterval=5)
     gov = pace()
     for idx in bar:
@@ -83,14 +80,9 @@ def train_editor(
         batch_ids[drop_text] = empty
         cond_img[drop_img] = 0.0
         loss = diffusion_loss(unet, sched, result_lat[idx], te(batch_ids)[0], gen, extra=cond_img)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        lr_sched.step()
-        ema.update()
+        optimiser.step(loss)
         bar.set_postfix(loss=f"{loss.item():.4f}", threads=torch.get_num_threads(), refresh=False)
-    ema.copy_to()
+    optimiser.finish()
     pipe = StableDiffusionInstructPix2PixPipeline(
         vae=vae, text_encoder=te.eval(), tokenizer=tok, unet=unet.eval(), scheduler=sample_scheduler(),
         safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,

@@ -67,6 +67,28 @@ class EMA:
         self.model.copy_to(self.params)
 
 
+class DiffusionOptimiser:
+    """The t2i model's and editor's optimisation: AdamW, warmup + cosine lr, gradient clipping at 1, EMA weights."""
+
+    def __init__(self, modules: Sequence[torch.nn.Module], lr: float, steps: int) -> None:
+        self.params = [p for m in modules for p in m.parameters()]
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.01)
+        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(steps))
+        self.ema = EMA(modules)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.lr_sched.step()
+        self.ema.update()
+
+    def finish(self) -> None:
+        """Leave the EMA weights in the modules (what is saved)."""
+        self.ema.copy_to()
+
+
 def random_batches(n: int, batch_size: int, steps: int, gen: torch.Generator) -> Iterable[torch.Tensor]:
     for _ in range(steps):
         yield torch.randint(0, n, (batch_size,), generator=gen)

@@ -16,7 +16,7 @@ from erase.toyworld import world
 from erase.toyworld.tokenizer import BOS, EOS, MAX_LENGTH, PAD, build_tokenizer
 from erase.toyworld.training.data import IMAGE_SIZE, encode_latents, item_seeds, render_uint8, tokenize
 from erase.toyworld.training.diffusion import diffusion_loss, sample_scheduler, train_scheduler
-from erase.toyworld.training.loop import EMA, NoPace, Pace, lr_lambda, random_batches, setup_training
+from erase.toyworld.training.loop import DiffusionOptimiser, NoPace, Pace, random_batches, setup_training
 
 # Small enough that both pipelines + detector stay under 30 MB and train in minutes.
 UNET_CONFIG = dict(
@@ -95,10 +95,7 @@ def train_t2i(
     te = CLIPTextModel(text_config(len(tok), tok)).train()
     unet = UNet2DConditionModel(**UNET_CONFIG).train()
     sched = train_scheduler()
-    params = list(unet.parameters()) + list(te.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps))
-    ema = EMA([unet, te])
+    optimiser = DiffusionOptimiser([unet, te], lr, steps)
     bar = tqdm(random_batches(n_images, batch_size, steps, gen), total=steps, desc="t2i", mininterval=5)
     gov = pace()
     for idx in bar:
@@ -108,12 +105,7 @@ def train_t2i(
         drop = torch.rand(len(idx), generator=gen) < p_uncond  # caption dropout: classifier-free guidance
         batch_ids[drop] = empty
         loss = diffusion_loss(unet, sched, latents[idx], te(batch_ids)[0], gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        lr_sched.step()
-        ema.update()
+        optimiser.step(loss)
         bar.set_postfix(loss=f"{loss.item():.4f}", threads=torch.get_num_threads(), refresh=False)
-    ema.copy_to()
+    optimiser.finish()
     return _save_t2i(Path(out_dir), vae, te, tok, unet)
