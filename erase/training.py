@@ -135,7 +135,7 @@ def _train(method, adapter, concept, cfg, out_dir, accelerator, original, identi
     adapter.pipe.to(accelerator.device)
     _configure_denoiser(adapter, cfg)
     if cfg.lora is not None:
-        params = add_lora(adapter, method.group, cfg.lora, concept.id)
+        params = add_lora(adapter, method.group, cfg.lora, concept.id, seed=cfg.seed)
     else:
         params = adapter.set_trainable(method.group)
     names = [n for n, p in adapter.denoiser.named_parameters() if p.requires_grad]
@@ -271,8 +271,13 @@ def _configure_denoiser(adapter: DiffusionAdapter, cfg: TrainConfig) -> None:
             net.set_attn_processor(AttnProcessor2_0())
 
 
-def add_lora(adapter: DiffusionAdapter, group: str, spec: LoraSpec, concept_id: str) -> list[torch.nn.Parameter]:
-    """Wrap the group's linear layers with a peft LoRA adapter named after the concept; only it trains."""
+def add_lora(adapter: DiffusionAdapter, group: str, spec: LoraSpec, concept_id: str, seed: int = 0) -> list[torch.nn.Parameter]:
+    """Wrap the group's linear layers with a peft LoRA adapter named after the concept; only it trains.
+
+    peft draws the adapter's initial weights from torch's global generator, whose state depends on whatever ran in
+    the process before (a base evaluation computed or read from the cache, an earlier stage): the same run then
+    started from a different adapter each time. The draw is made from (seed, adapter name) instead, in a forked
+    generator state, so the run's seed decides it and the caller's global state is left as it was."""
     from peft import LoraConfig
 
     targets = sorted(adapter.linear_modules(group))
@@ -286,7 +291,10 @@ def add_lora(adapter: DiffusionAdapter, group: str, spec: LoraSpec, concept_id: 
         init_lora_weights="gaussian",
         target_modules=targets,
     )
-    adapter.denoiser.add_adapter(config, adapter_name=spec.name or lora_name(concept_id))
+    name = spec.name or lora_name(concept_id)
+    with torch.random.fork_rng(devices=[]):  # peft initialises the new layers on the CPU, then moves them
+        torch.default_generator.manual_seed(derived_generator(seed, "lora-init", name).initial_seed())
+        adapter.denoiser.add_adapter(config, adapter_name=name)
     return [p for n, p in adapter.denoiser.named_parameters() if "lora_" in n and p.requires_grad]
 
 

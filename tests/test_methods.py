@@ -348,3 +348,30 @@ def test_attacks_see_the_training_loops_original(lora):
             p.add_(0.5 * torch.randn_like(p))
         assert not torch.allclose(a.predict(x, t, cond), before, atol=1e-4)
     assert torch.allclose(view.predict(x, t, cond), before, atol=1e-6)
+
+
+def test_a_lora_run_is_decided_by_its_seed_not_by_what_ran_before_it(tmp_path):
+    """peft draws a new LoRA's initial weights from torch's global generator, whose state depends on what ran before
+    in the process (a base evaluation computed, or read from the cache): the same toy_safety_lora command then
+    trained from a different adapter each time (held-out leakage 0% on one run, 60.4% on another). The init comes
+    from the run's seed, and the caller's global generator is left as it was."""
+    from erase.training import add_lora
+
+    def lora_after(global_seed: int, seed: int = 0, steps: int = 2) -> dict[str, torch.Tensor]:
+        a = tiny_adapter("sd1")
+        torch.manual_seed(global_seed)  # a different history of the process before the run
+        train(ESD(**FAST_ESD), a, CONCEPT, cfg(steps=steps, seed=seed, lora=LoraSpec(rank=2)), tmp_path / f"{global_seed}-{seed}-{steps}")
+        return {n: p.detach().clone() for n, p in a.denoiser.named_parameters() if "lora_" in n}
+
+    one, other = lora_after(1), lora_after(2)
+    assert one and one.keys() == other.keys()
+    assert all(torch.equal(one[n], other[n]) for n in one), "the global generator's state changed the trained LoRA"
+    at_init = lora_after(1, steps=1)  # lora_B starts at zero; lora_A is the random draw
+    assert any(not torch.equal(at_init[n], lora_after(1, seed=1, steps=1)[n]) for n in at_init if "lora_A" in n), \
+        "the run's seed must decide the LoRA's initial weights"
+
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    add_lora(tiny_adapter("sd1"), "xattn", LoraSpec(rank=2), "cat", seed=0)
+    assert torch.equal(torch.rand(3), expected), "adding a LoRA must leave the global generator as it was"
