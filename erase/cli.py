@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Mapping
@@ -212,23 +211,16 @@ def _copy_seed(seed: Path, folder: Path, built_id: str | None, model_id: str) ->
     from, and the harness checks it on resume) and images into `folder`; the records file is written last."""
     import shutil
 
-    from erase.evaluation.records import dumps
+    from erase.evaluation.records import read_records, write_sorted
 
     if (seed / "images").is_dir():
         shutil.copytree(seed / "images", folder / "images", dirs_exist_ok=True)
-    lines = []
-    for line in (seed / "parts" / "rank-0-of-1.jsonl").read_text().splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
+    records = read_records(seed / "parts" / "rank-0-of-1.jsonl")
+    for record in records:
         ident = record.get("settings", {}).get("model", {})
         if built_id is not None and ident.get("id") == built_id:
             ident["id"] = model_id
-        lines.append(dumps(record) + "\n")
-    (folder / "parts").mkdir(parents=True, exist_ok=True)
-    tmp = folder / "parts" / f"seed.{os.getpid()}.tmp"
-    tmp.write_text("".join(lines), encoding="utf-8")
-    tmp.replace(folder / "parts" / "rank-0-of-1.jsonl")
+    write_sorted(records, folder / "parts" / "rank-0-of-1.jsonl")  # atomic: the harness sees all or none
 
 
 def _original(adapter, result):
