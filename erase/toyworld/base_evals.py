@@ -24,7 +24,6 @@ shipped items and compares them with the records. Rebuild after changing the toy
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import shutil
@@ -43,10 +42,11 @@ RECORDS = "parts/rank-0-of-1.jsonl"  # what the harness resumes from (one proces
 
 def weight_hashes() -> dict[str, str]:
     """sha256 of every file of the shipped toy-world weights (pipelines and detector), by path under weights/."""
+    from erase.card import sha256_file
     from erase.toyworld import weights_dir
 
     root = weights_dir()
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+    return {p.relative_to(root).as_posix(): sha256_file(p)
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
@@ -84,6 +84,7 @@ def build(experiments: tuple[str, ...] = EXPERIMENTS, work: Path | None = None) 
     from erase.cli import base_eval_dir
     from erase.concept import Concept
     from erase.evaluation.config import evaluate_adapter
+    from erase.evaluation.records import read_records
     from erase.run import load_model
 
     work = Path(work or tempfile.mkdtemp(prefix="erase-base-evals-"))
@@ -105,7 +106,7 @@ def build(experiments: tuple[str, ...] = EXPERIMENTS, work: Path | None = None) 
         shutil.copy2(folder / RECORDS, dest / RECORDS)
         if (folder / "images").is_dir():
             shutil.copytree(folder / "images", dest / "images")
-        records = [json.loads(line) for line in (folder / RECORDS).read_text().splitlines() if line.strip()]
+        records = read_records(folder / RECORDS)
         about = {
             "experiment": exp, "model": model["name"], "path": str(model["path"]), "key": folder.name,
             "model_id": records[0]["settings"]["model"]["id"],  # the builder's pipeline path, rewritten on use
