@@ -4,6 +4,8 @@
     python scripts/build_toy_world.py                      # everything, into erase/toyworld/weights (~29 min, 2 cores)
     python scripts/build_toy_world.py --only t2i editor    # some parts (the others must already be in --out)
     python scripts/build_toy_world.py --out /tmp/tw --steps-scale 0.001   # smoke build in seconds
+    python scripts/build_toy_world.py --only editor --out /tmp/ed --t2i erase/toyworld/weights/t2i
+                                                           # an editor alone, from existing t2i weights
 
 Each part's training is in erase/toyworld/training/ (one file per part); this script decides the order, the step
 budgets, the threads (`ThreadGovernor`) and which part trains in a second process (`_Background`).
@@ -24,6 +26,7 @@ import torch  # noqa: E402
 
 from erase.toyworld import weights_dir  # noqa: E402
 from erase.toyworld.training import load_vae, train_detector, train_editor, train_t2i, train_vae  # noqa: E402
+from erase.toyworld.training.editor import P_EXPOSED_SOURCE  # noqa: E402
 from erase.toyworld.training.loop import THREADS  # noqa: E402
 
 
@@ -98,7 +101,8 @@ def _data_scale(scale: float) -> float:
     return min(1.0, max(scale, 0.01))
 
 
-def _build_part(part: str, out: Path, steps_scale: float, seed: int) -> None:
+def _build_part(part: str, out: Path, steps_scale: float, seed: int, t2i: Path | None = None,
+                p_exposed_source: float = P_EXPOSED_SOURCE) -> None:
     ds = _data_scale(steps_scale)
     if part == "vae":
         train_vae(out / "vae", steps=_scaled("vae", steps_scale), seed=seed, n_images=max(256, int(12_000 * ds)),
@@ -111,8 +115,8 @@ def _build_part(part: str, out: Path, steps_scale: float, seed: int) -> None:
         train_t2i(out / "t2i", load_vae(out), steps=_scaled("t2i", steps_scale), seed=seed,
                   n_images=max(256, int(20_000 * ds)), pace=ThreadGovernor)
     elif part == "editor":
-        train_editor(out / "editor", out / "t2i", steps=_scaled("editor", steps_scale), seed=seed,
-                     n_triplets=max(256, int(14_000 * ds)), pace=ThreadGovernor)
+        train_editor(out / "editor", t2i or out / "t2i", steps=_scaled("editor", steps_scale), seed=seed,
+                     n_triplets=max(256, int(14_000 * ds)), pace=ThreadGovernor, p_exposed_source=p_exposed_source)
 
 
 def _build_part_logged(part: str, out: Path, steps_scale: float, seed: int, log: Path) -> None:
@@ -159,15 +163,30 @@ class _Background:
             self.proc.join()
 
 
-def build(out: str | Path, steps_scale: float = 1.0, only: Sequence[str] | None = None, seed: int = 0) -> None:
+def build(out: str | Path, steps_scale: float = 1.0, only: Sequence[str] | None = None, seed: int = 0,
+          t2i: str | Path | None = None, p_exposed_source: float = P_EXPOSED_SOURCE) -> None:
     """Build the requested parts into `out` (weights layout of `erase.toyworld.weights_dir()`).
+
+    `t2i`: the text-to-image folder the editor starts from (default `out`/t2i); `p_exposed_source`: the editor's
+    share of exposed photos among background/object edits (`erase.toyworld.training.editor.P_EXPOSED_SOURCE`).
 
     The detector needs only the VAE, so when the text-to-image model is built too it trains beside it in a second
     process (both one thread; the text-to-image training takes the second thread back when the detector is done).
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     parts = [p for p in PARTS if only is None or p in only]
+    if t2i is not None:
+        t2i = Path(t2i)
+        if "t2i" in parts:
+            raise ValueError("--t2i names the text-to-image weights the editor starts from; it cannot be combined "
+                             "with building the t2i part (drop --t2i, or build with --only editor)")
+        if not (t2i / "model_index.json").is_file():
+            raise FileNotFoundError(f"--t2i {t2i}: no diffusers pipeline there (model_index.json missing); "
+                                    "point it at a text-to-image folder such as erase/toyworld/weights/t2i")
+    if "editor" in parts and "t2i" not in parts and not ((t2i or out / "t2i") / "model_index.json").is_file():
+        raise FileNotFoundError(f"the editor starts from text-to-image weights, but {out / 't2i'} has none; "
+                                "build t2i too or pass --t2i DIR")
+    out.mkdir(parents=True, exist_ok=True)
     background: _Background | None = None
     try:
         for part in parts:
@@ -175,7 +194,7 @@ def build(out: str | Path, steps_scale: float = 1.0, only: Sequence[str] | None 
                 background = _Background(part, out, steps_scale, seed)
                 continue
             t0 = time.time()
-            _build_part(part, out, steps_scale, seed)
+            _build_part(part, out, steps_scale, seed, t2i=t2i, p_exposed_source=p_exposed_source)
             print(f"[build] {part} done in {time.time() - t0:.0f} s", flush=True)
             if part == "t2i":
                 if background is not None:  # it reads the standalone VAE, deleted next
@@ -194,9 +213,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every step count (tiny for tests)")
     ap.add_argument("--only", nargs="+", choices=PARTS, help="build only these parts")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--t2i", help="text-to-image folder the editor starts from (default: OUT/t2i)")
+    ap.add_argument("--p-exposed-source", type=float, default=P_EXPOSED_SOURCE,
+                    help="editor: share of already-exposed photos among background/object edits "
+                         f"(default {P_EXPOSED_SOURCE}; 0 = the earlier clothed-only editor)")
     args = ap.parse_args(argv)
     t0 = time.time()
-    build(args.out, steps_scale=args.steps_scale, only=args.only, seed=args.seed)
+    build(args.out, steps_scale=args.steps_scale, only=args.only, seed=args.seed, t2i=args.t2i,
+          p_exposed_source=args.p_exposed_source)
     print(f"[build] all done in {time.time() - t0:.0f} s -> {args.out}")
 
 

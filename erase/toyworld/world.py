@@ -455,10 +455,26 @@ def random_edit(scene: Scene, kind: str, rng: np.random.Generator) -> Edit:
     raise ValueError(f"unknown edit kind {kind!r}")
 
 
-def edit_triplet(rng: np.random.Generator, kind: str, split: str = "all") -> tuple[Scene, str, Scene]:
-    """(photo scene, instruction, result scene) for one edit of `kind`; the photo is clothed."""
+# Edit kinds that keep their meaning on an exposed photo (they don't touch the shirt): with `p_exposed_source`
+# their photo may already be exposed, and the result keeps it so (a content-preserving editor).
+EXPOSED_SOURCE_EDIT_KINDS: tuple[str, ...] = ("change_background", "remove_object", "add_object")
+
+
+def edit_triplet(
+    rng: np.random.Generator, kind: str, split: str = "all", p_exposed_source: float = 0.0
+) -> tuple[Scene, str, Scene]:
+    """(photo scene, instruction, result scene) for one edit of `kind`.
+
+    The photo is clothed, except that for the kinds in `EXPOSED_SOURCE_EDIT_KINDS` it is exposed with probability
+    `p_exposed_source` (the result then stays exposed: the edit only changes background or object). The shirt
+    edits (recolour_shirt, the forbidden remove_shirt) always get a clothed photo. With the default 0.0 the
+    draws are the same as they always were (evaluation material does not change).
+    """
+    if not 0.0 <= p_exposed_source <= 1.0:
+        raise ValueError(f"p_exposed_source must be a probability in [0, 1], got {p_exposed_source!r}")
     p_obj = {"remove_object": 1.0, "add_object": 0.0}.get(kind, 0.75)
-    photo = random_scene(rng, p_exposed=0.0, p_obj=p_obj)
+    p_exposed = p_exposed_source if kind in EXPOSED_SOURCE_EDIT_KINDS else 0.0
+    photo = random_scene(rng, p_exposed=p_exposed, p_obj=p_obj)
     edit = random_edit(photo, kind, rng)
     return photo, instruction(edit, rng, split), apply_edit(photo, edit)
 

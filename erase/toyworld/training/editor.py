@@ -34,16 +34,24 @@ def ip2p_unet_from(unet: UNet2DConditionModel) -> UNet2DConditionModel:
 # (skin tone must be copied from face and arms) edits are the hard ones, so they get more.
 EDIT_MIX = {"recolour_shirt": 0.2, "change_background": 0.25, "remove_object": 0.15, "add_object": 0.15,
             "remove_shirt": 0.25}
+# Share of already-exposed photos among the background/object edits (`world.EXPOSED_SOURCE_EDIT_KINDS`), whose
+# results stay exposed: a real editor (InstructPix2Pix, Kontext) keeps the photo's content under a benign edit,
+# which is the route image-space attacks (AdvI2I) take. 0.0 is the earlier editor, trained on clothed photos only,
+# which redraws the shirt under any benign edit whatever the photo.
+P_EXPOSED_SOURCE = 0.25
 
 
 def editor_dataset(
-    n: int, seed: int, tok: PreTrainedTokenizerFast, mix: dict[str, float] = EDIT_MIX
+    n: int, seed: int, tok: PreTrainedTokenizerFast, mix: dict[str, float] = EDIT_MIX,
+    p_exposed_source: float = P_EXPOSED_SOURCE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Photo renders, result renders (uint8) and tokenized instructions for `n` triplets (kinds per `mix`)."""
+    """Photo renders, result renders (uint8) and tokenized instructions for `n` triplets (kinds per `mix`,
+    exposed photos per `p_exposed_source`, see `world.edit_triplet`)."""
     kinds = [k for k, share in mix.items() for _ in range(round(share * 20))]  # a cycle of 20 triplets
     photos, results, texts = [], [], []
     for i, s in enumerate(item_seeds("editor", n, seed)):
-        photo, text, result = world.edit_triplet(np.random.default_rng(s), kinds[i % len(kinds)])
+        photo, text, result = world.edit_triplet(np.random.default_rng(s), kinds[i % len(kinds)],
+                                                 p_exposed_source=p_exposed_source)
         photos.append(photo)
         results.append(result)
         texts.append(text)
@@ -53,19 +61,21 @@ def editor_dataset(
 def train_editor(
     out_dir: str | Path, t2i_dir: str | Path, steps: int = 3200, seed: int = 0, n_triplets: int = 14_000,
     batch_size: int = 64, lr: float = 1e-3, p_drop: float = 0.05, pace: Pace = NoPace,
+    p_exposed_source: float = P_EXPOSED_SOURCE,
 ) -> StableDiffusionInstructPix2PixPipeline:
     """IP2P editor from the t2i weights: 8-channel UNet (zero-init image channels), same VAE, text encoder
-    fine-tuned too; conditioning dropout 5% text / 5% image / 5% both so both guidance scales work."""
+    fine-tuned too; conditioning dropout 5% text / 5% image / 5% both so both guidance scales work.
+    `p_exposed_source`: share of exposed photos among background/object edits (`editor_dataset`)."""
     gen = setup_training(seed)
     t2i = StableDiffusionPipeline.from_pretrained(t2i_dir, safety_checker=None, requires_safety_checker=False)
     vae, te, tok = t2i.vae.eval(), t2i.text_encoder.train(), t2i.tokenizer
     unet = ip2p_unet_from(t2i.unet).train()
     t0 = time.time()
-    photo_px, result_px, ids = editor_dataset(n_triplets, seed, tok)
+    photo_px, result_px, ids = editor_dataset(n_triplets, seed, tok, p_exposed_source=p_exposed_source)
     # IP2P conditions on the *unscaled* posterior mode of the photo (that is what the pipeline feeds).
     photo_lat = encode_latents(vae, photo_px, pace=pace)
     result_lat = encode_latents(vae, result_px, pace=pace) * vae.config.scaling_factor
-    print(f"editor: {n_triplets} triplets + latents in {time.time() - t0:.0f} s")
+    print(f"editor: {n_triplets} triplets (p_exposed_source={p_exposed_source}) + latents in {time.time() - t0:.0f} s")
     empty = tokenize(tok, [""])[0]
     sched = train_scheduler()
     optimiser = DiffusionOptimiser([unet, te], lr, steps)
