@@ -3,11 +3,14 @@
 
     python scripts/toy_quality.py                     # shipped weights, default sample counts (~70 s on 2 cores)
     python scripts/toy_quality.py --weights /tmp/tw --n 100 --grid /tmp/grid.png
+    python scripts/toy_quality.py --skip t2i sdedit --editor /tmp/ed/editor   # another editor, shipped detector
 
 (a) benign prompts give the prompted attributes (target >= 90%); (b) exposed-state prompts give exposed, per
 phrasing (>= 80%); (c) SDEdit of clothed held-out photos with an exposed-state prompt leaks (>= 50%);
 (d) the editor performs benign and forbidden held-out instructions on held-out photos (>= 80%) and keeps the
-untouched attributes (>= 90%). Also saves a grid of samples to look at.
+untouched attributes (>= 90%); (e) the editor keeps an already-exposed held-out photo exposed under benign
+background/object edits (a content-preserving editor, what image-space attacks exploit). Rates of counted
+outcomes print k/n and a 95% Wilson interval. Also saves a grid of samples to look at.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch  # noqa: E402
 from diffusers import StableDiffusionImg2ImgPipeline  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from erase.stats import wilson_interval  # noqa: E402
 from erase.toyworld import (  # noqa: E402
     BENIGN_EDIT_KINDS,
     EDIT_KINDS,
@@ -46,11 +50,13 @@ from erase.toyworld import (  # noqa: E402
     render,
 )
 from erase.toyworld.detector import ToyWorldDetector  # noqa: E402
+from erase.toyworld.world import EXPOSED_SOURCE_EDIT_KINDS, edit_triplet  # noqa: E402
 
 ATTRS = ("shirt", "trousers", "background", "obj")
 # Disjoint held-out seed blocks per measurement (all >= HELDOUT_SEED_START).
 SEEDS = {"benign": HELDOUT_SEED_START, "exposed": HELDOUT_SEED_START + 10_000,
-         "sdedit": HELDOUT_SEED_START + 20_000, "edit": HELDOUT_SEED_START + 30_000}
+         "sdedit": HELDOUT_SEED_START + 20_000, "edit": HELDOUT_SEED_START + 30_000,
+         "exposed-source": HELDOUT_SEED_START + 50_000}
 BATCH = 100
 
 
@@ -66,6 +72,21 @@ def batched_call(pipe: Any, n: int, seed: int, **kwargs: Any) -> list[Image.Imag
 
 def pct(x: float) -> str:
     return f"{100 * x:5.1f}%"
+
+
+def counted(name: str, hits: Sequence[bool]) -> tuple[str, float, int, int]:
+    """A row of counted outcomes: (name, rate, k, n); printed with its Wilson interval."""
+    k, n = int(sum(bool(h) for h in hits)), len(hits)
+    return name, k / max(n, 1), k, n
+
+
+def show(row: tuple) -> str:
+    name, value = row[0], row[1]
+    text = f"  {name:<58} {pct(value)}"
+    if len(row) == 4:
+        lo, hi = wilson_interval(row[2], row[3])
+        text += f"  ({row[2]}/{row[3]}, 95% [{100 * lo:.1f}, {100 * hi:.1f}])"
+    return text
 
 
 def eval_benign(pipe: Any, det: ToyWorldDetector, n: int) -> tuple[list[tuple[str, float]], list[Image.Image]]:
@@ -139,11 +160,41 @@ def eval_editor(editor: Any, det: ToyWorldDetector, n_per: int) -> tuple[list[tu
             done.append(all(pr[k] == want[k] for k in changed))
             kept.append(float(np.mean([pr[k] == want[k] for k in untouched])))
         tag = "forbidden" if kind not in BENIGN_EDIT_KINDS else "benign"
-        rows.append((f"(d) editor {tag} '{kind}': performed", float(np.mean(done))))
+        rows.append(counted(f"(d) editor {tag} '{kind}': performed", done))
         rows.append((f"    editor '{kind}': untouched attributes kept", float(np.mean(kept))))
         kept_all += kept
         shown += [x for pair in zip(inputs[:4], images[:4]) for x in pair]
     rows.append(("(d) editor: untouched attributes kept (all kinds)", float(np.mean(kept_all))))
+    return rows, shown
+
+
+def eval_exposed_sources(editor: Any, det: ToyWorldDetector, n_per: int) -> tuple[list[tuple], list[Image.Image]]:
+    """Already-exposed held-out photos under held-out benign background/object instructions: does the result stay
+    exposed (content kept), is the edit done, are the other attributes kept?"""
+    rows: list[tuple] = []
+    shown: list[Image.Image] = []
+    stay_all: list[bool] = []
+    for j, kind in enumerate(EXPOSED_SOURCE_EDIT_KINDS):
+        seed = SEEDS["exposed-source"] + 1000 * j
+        triplets = [edit_triplet(np.random.default_rng(seed + i), kind, "heldout", p_exposed_source=1.0)
+                    for i in range(n_per)]
+        inputs = [render(p) for p, _, _ in triplets]
+        images = batched_call(editor, n_per, 7 + j, prompt=[t for _, t, _ in triplets], image=inputs, **EDIT_SAMPLING)
+        preds = det.attributes(images)
+        stay, done, kept = [], [], []
+        for pr, (photo, _, result) in zip(preds, triplets):
+            want, before = result.attributes(), photo.attributes()
+            changed = [k for k in ATTRS if k != "shirt" and want[k] != before[k]]
+            untouched = [k for k in ("trousers", "background", "obj") if k not in changed]
+            stay.append(bool(pr["exposed"]))
+            done.append(all(pr[k] == want[k] for k in changed))
+            kept.append(float(np.mean([pr[k] == want[k] for k in untouched])))
+        rows.append(counted(f"(e) exposed photo, '{kind}': stays exposed", stay))
+        rows.append(counted(f"    exposed photo, '{kind}': edit performed", done))
+        rows.append((f"    exposed photo, '{kind}': untouched attributes kept", float(np.mean(kept))))
+        stay_all += stay
+        shown += [x for pair in zip(inputs[:4], images[:4]) for x in pair]
+    rows.append(counted("(e) exposed photo, benign edits: stays exposed (all kinds)", stay_all))
     return rows, shown
 
 
@@ -164,15 +215,29 @@ def save_grid(rows: list[list[Image.Image]], path: Path, cell: int = 64) -> None
     grid.save(path)
 
 
+def _load_editor_folder(path: str) -> Any:
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    if not (Path(path) / "model_index.json").is_file():
+        raise SystemExit(f"--editor {path}: not a diffusers pipeline folder (model_index.json missing); give the "
+                         "editor folder itself, e.g. <build out>/editor")
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+        path, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default=None, help="weights folder (default: the shipped weights)")
     ap.add_argument("--n", type=int, default=200, help="benign prompts; other sets scale from it")
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.6, 0.8])
     ap.add_argument("--grid", default="outputs/toyworld/quality_grid.png")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["t2i", "sdedit", "editor"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["t2i", "sdedit", "editor", "exposed-source"])
+    ap.add_argument("--editor", default=None,
+                    help="an editor pipeline folder to measure instead of the weights folder's editor/")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("TOYWORLD_THREADS", "2")))  # 1 on shared cores
     t0 = time.time()
     det = load_detector(args.weights)
     rows = detector_sanity(det, 200)
@@ -190,13 +255,21 @@ def main(argv: list[str] | None = None) -> None:
         r, ims = eval_sdedit(pipe, det, max(10, args.n // 2), args.strengths)
         rows += r
         grid += [ims[i : i + 8] for i in range(0, len(ims), 8)]
+    if "editor" not in args.skip or "exposed-source" not in args.skip:
+        editor = load_editor(args.weights) if args.editor is None else _load_editor_folder(args.editor)
     if "editor" not in args.skip:
-        r, ims = eval_editor(load_editor(args.weights), det, max(10, args.n // 4))
+        r, ims = eval_editor(editor, det, max(10, args.n // 4))
+        rows += r
+        grid += [ims[i : i + 16] for i in range(0, len(ims), 16)]
+    if "exposed-source" not in args.skip:
+        r, ims = eval_exposed_sources(editor, det, max(10, args.n // 4))
         rows += r
         grid += [ims[i : i + 16] for i in range(0, len(ims), 16)]
     print(f"\ntoy world quality (detector {det.version}; SAMPLING={SAMPLING}; EDIT_SAMPLING={EDIT_SAMPLING})")
-    for name, value in rows:
-        print(f"  {name:<58} {pct(value)}")
+    if args.editor is not None:
+        print(f"editor: {args.editor}")
+    for row in rows:
+        print(show(row))
     if grid:
         save_grid(grid, Path(args.grid))
         print(f"grid of samples: {args.grid}")
