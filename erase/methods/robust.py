@@ -34,16 +34,23 @@ recipe that does not ask for them trains exactly as before), and computed at the
        L_doors = E_{v in V} || model(x_t, v, I) - original(x_t, v, I) ||^2
 
 4. Relearning resistance (first-order meta-unlearning: Meta-Unlearning, Gao et al. 2024, arXiv 2410.12777;
-   ResAlign, 2025, arXiv 2507.16302). Simulate the attacker's fine-tuning on the concept for k SGD steps from the
-   trained parameters theta, with a functional copy (torch.func.functional_call), and penalise the leakage there:
+   ResAlign, 2025, arXiv 2507.16302). Simulate the attacker's fine-tuning on the concept for k steps from the
+   trained weights theta, with a functional copy (torch.func.functional_call), and penalise the leakage there:
 
        theta_k = theta - alpha sum_j sign grad L_relearn(theta_j)   L_relearn(theta) = || model_theta(x_t, E, I) - e* ||^2
        L_relearn_resist = || model_{theta_k}(x_t, E, I) - r ||^2
 
+   The simulated steps move the weights of `group`: by default "all", what the harness's relearning attack
+   fine-tunes (attacks/relearning.py, DiffusionAdapter.module_group), or "trained" (the method's own trained
+   parameters only). Frozen weights of the group become constants shifted by their sign steps; the outer gradient
+   reaches only the trained ones. Under LoRA a layer's base weight stands for the fused weight the attacker
+   fine-tunes (the gradient is the same), so the adapter's own lora_A/lora_B are not stepped unless "trained".
    Sign steps because the attacker's optimiser is Adam (each weight moves about lr a step whatever the gradient's
-   scale; k x alpha matches the harness's budget, 100 steps at 1e-5). First order (FOMAML): the inner steps are
-   constants, so d theta_k / d theta = I and the outer gradient is the leakage gradient at theta_k: the weights
-   move toward a point from which relearning does not lead back.
+   scale; k x alpha matches the harness's budget). First order (FOMAML): the inner steps are constants, so
+   d theta_k / d theta = I and the outer gradient is the leakage gradient at theta_k: the weights move toward a
+   point from which relearning does not lead back. L_relearn is the method's prediction loss toward the frozen
+   model's concept prediction at the step's states (the attacker's denoising loss on reference images has the
+   same minimiser at states of the concept; the Site carries no reference images or noise).
 
 Everything random comes from the step's generator and only when a term is on (the adversaries start at zero),
 so a resumed run repeats an uninterrupted one and a recipe with the terms off draws exactly what it drew before.
@@ -59,7 +66,7 @@ import torch
 from torch import Tensor, nn
 
 from erase.methods.base import MethodError, Original, _Swapped
-from erase.models.adapter import Conditioning, DiffusionAdapter, ImageCondition
+from erase.models.adapter import MODULE_GROUPS, Conditioning, DiffusionAdapter, ImageCondition
 
 
 @dataclass
@@ -94,6 +101,12 @@ class RelearnResistance:
     every: int = 4
     inner_steps: int = 2  # simulated fine-tuning steps
     inner_lr: float = 5e-4  # per-weight move of each (sign) step: 2 x 5e-4 = the harness's 100 Adam steps at 1e-5
+    # What the simulated attacker fine-tunes: a DiffusionAdapter.module_group ("all": every denoiser weight, as the
+    # harness's relearning attack does) or "trained" (the method's trained parameters only).
+    group: str = "all"
+
+
+RELEARN_GROUPS = ("trained", *MODULE_GROUPS)
 
 
 TERMS = {"embedding": EmbeddingAdversary, "image": ImageAdversary, "doors": ClosedDoors, "relearn": RelearnResistance}
@@ -128,6 +141,9 @@ class RobustConfig:
             if hasattr(part, "eps") and not 0 < part.eps <= (1 if name == "image" else 10):
                 raise MethodError(f"method.params.robust.{name}.eps must be a positive radius"
                                   f"{' in (0, 1] pixel units' if name == 'image' else ''}, not {part.eps}")
+            if name == "relearn" and part.group not in RELEARN_GROUPS:
+                raise MethodError(f"method.params.robust.relearn.group must be one of {list(RELEARN_GROUPS)} "
+                                  f"(\"all\" = what the relearning attack fine-tunes), not {part.group!r}")
             parts[name] = part
         return cls(**parts)
 
@@ -268,21 +284,52 @@ def image_pgd(attack_loss: Callable[[Tensor], Tensor], photos: Tensor, cfg: Imag
     return p
 
 
-def relearn_leakage(adapter: DiffusionAdapter, model: nn.Module, site: Site, cfg: RelearnResistance) -> Tensor:
-    """|| model_{theta_k}(x_t, E, I) - r ||^2 after k first-order simulated fine-tuning steps toward the concept."""
-    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+def relearn_weights(adapter: DiffusionAdapter, model: nn.Module, site: Site, cfg: RelearnResistance) -> dict[str, Tensor]:
+    """theta_k: the weights after `inner_steps` simulated sign steps toward the concept, by the model's parameter
+    names (those of `cfg.group`; every other parameter stays the live one). Trained entries keep their graph to the
+    live parameter (d theta_k / d theta = I); frozen ones are detached constants.
+
+    Cost with group "all": one more copy of every denoiser weight and its gradient at each inner step (2x the
+    weights' memory beside the model), and the inner backward computes every weight's gradient, not only the
+    trained ones' (scripts/bench_robust.py: docs/robustness.md, "Cost per step")."""
+    params = dict(model.named_parameters())
+    trained = {n for n, p in params.items() if p.requires_grad}
     if not trained:
         raise MethodError("robust.relearn needs trained parameters (none of the model's require grad)")
-    fast = dict(trained)
-    for _ in range(cfg.inner_steps):
+    if cfg.group == "trained":
+        moved = [n for n in params if n in trained]
+    else:
+        group = set(adapter.module_group(cfg.group))
+        # the model may be a wrapper of adapter.denoiser (DDP: "module." names); under LoRA the base weight is the
+        # fused weight the attacker moves, so the adapter's own factors are left alone
+        moved = [n for n in params if (n in group or n.removeprefix("module.") in group) and ".lora_" not in n]
+        if not moved:
+            raise MethodError(f"robust.relearn.group {cfg.group!r} names none of the model's parameters")
+    # frozen weights get detached copies that require grad, so autograd.grad can differentiate the inner loss
+    # w.r.t. them; the trained ones are the live parameters (their steps are constants added to them)
+    fast = {n: params[n] if n in trained else params[n].detach().requires_grad_(True) for n in moved}
+    for j in range(cfg.inner_steps):
         copy = _Swapped(model, fast, adapters_off=False)
         relearn = site.loss(adapter.predict(site.x_t, site.t, site.cond, site.image, denoiser=copy), site.concept, site.t)
         grads = torch.autograd.grad(relearn, list(fast.values()), allow_unused=True)
         # Adam's steps move each weight by about lr along the gradient's sign, whatever its scale (the harness's
         # attacker uses AdamW), so the simulated steps are sign steps. First order: the steps are constants, so
         # theta_k = theta - alpha * sum(sign g) keeps d theta_k / d theta = I.
-        fast = {n: w if gr is None else w - cfg.inner_lr * gr.detach().sign() for (n, w), gr in zip(fast.items(), grads)}
-    copy = _Swapped(model, fast, adapters_off=False)
+        last = j == cfg.inner_steps - 1
+        nxt = {}
+        for (n, w), gr in zip(fast.items(), grads):
+            w = w if gr is None else w - cfg.inner_lr * gr.detach().sign()
+            if n not in trained:  # a constant: needs grad only for the next inner step's autograd.grad
+                w = w.detach().requires_grad_(not last)
+            nxt[n] = w
+        fast = nxt
+        del grads
+    return {n: w if n in trained else w.detach() for n, w in fast.items()}
+
+
+def relearn_leakage(adapter: DiffusionAdapter, model: nn.Module, site: Site, cfg: RelearnResistance) -> Tensor:
+    """|| model_{theta_k}(x_t, E, I) - r ||^2 after k first-order simulated fine-tuning steps toward the concept."""
+    copy = _Swapped(model, relearn_weights(adapter, model, site, cfg), adapters_off=False)
     return site.loss(adapter.predict(site.x_t, site.t, site.cond, site.image, denoiser=copy), site.refusal, site.t)
 
 
