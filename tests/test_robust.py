@@ -95,7 +95,7 @@ def test_edit_refusal_terms_run(family, tmp_path):
 @pytest.mark.parametrize("group", ["all", "trained"])
 def test_relearn_groups_run_on_esd_and_edit_refusal(group, tmp_path):
     terms = {"relearn": {"weight": 1.0, "every": 1, "inner_steps": 2, "group": group}}
-    for name, m, family in [("esd", ESD(**FAST_ESD, robust=terms), "sd1"), ("editor", editor(robust=terms), "ip2p")]:
+    for name, m, family in [("esd", ESD(**FAST_ESD, robust=terms), "sd1"), ("editor", editor(robust=terms, group="xattn"), "ip2p")]:
         r = train(m, tiny(family), CONCEPT, cfg(steps=2), tmp_path / name)
         assert r.history[-1]["robust_relearn"] > 0, name
 
