@@ -45,8 +45,10 @@ recipe that does not ask for them trains exactly as before), and computed at the
    parameters only). Frozen weights of the group become constants shifted by their sign steps; the outer gradient
    reaches only the trained ones. Under LoRA a layer's base weight stands for the fused weight the attacker
    fine-tunes (the gradient is the same), so the adapter's own lora_A/lora_B are not stepped unless "trained".
-   Sign steps because the attacker's optimiser is Adam (each weight moves about lr a step whatever the gradient's
-   scale; k x alpha matches the harness's budget). First order (FOMAML): the inner steps are constants, so
+   Sign steps because the attacker's optimiser is Adam (its first step is exactly lr sign(g) on every weight,
+   whatever the gradient's scale). alpha must keep the inner objective falling: on every weight of the toy models
+   1e-5 does, 1e-4 overshoots (as the attacker's own first AdamW step at 1e-4 does), so k sign steps reach less
+   than the attacker's 100 steps (docs/robustness.md). First order (FOMAML): the inner steps are constants, so
    d theta_k / d theta = I and the outer gradient is the leakage gradient at theta_k: the weights move toward a
    point from which relearning does not lead back. L_relearn is the method's prediction loss toward the frozen
    model's concept prediction at the step's states (the attacker's denoising loss on reference images has the
@@ -100,7 +102,10 @@ class RelearnResistance:
     weight: float = 0.0
     every: int = 4
     inner_steps: int = 2  # simulated fine-tuning steps
-    inner_lr: float = 5e-4  # per-weight move of each (sign) step: 2 x 5e-4 = the harness's 100 Adam steps at 1e-5
+    # per-weight move of each sign step. With group "all" it must stay small: on the toy models a sign step moves
+    # every weight at once, and 1e-5 lowers the inner objective most (3e-5 already overshoots on the toy t2i model,
+    # 1e-4 on the toy editor; docs/robustness.md). With "trained" (cross-attention) 1e-4 to 3e-4 did.
+    inner_lr: float = 1e-5
     # What the simulated attacker fine-tunes: a DiffusionAdapter.module_group ("all": every denoiser weight, as the
     # harness's relearning attack does) or "trained" (the method's trained parameters only).
     group: str = "all"
