@@ -606,6 +606,21 @@ def test_image_space_on_a_text_to_image_family_attacks_its_img2img_path(sd1):
         assert suite.path_of(suite.specs[0]) == "img2img" and not suite._skip
 
 
+def test_each_target_gets_its_own_benign_text_first(sd1):
+    """The image-space attack's benign instruction and the sweep's compound clause are the target's own (target i
+    gets benign text i, the others after it), not the first one for every target."""
+    from erase.evaluation.attack_items import AttackMaterial, AttackSuite
+    from erase.models.tiny import tiny_image
+
+    benign = ["make the sky red", "add a tree", "paint the wall"]
+    suite = AttackSuite([{"name": "image-space", "n_prompts": 4}],
+                        AttackMaterial(prompts=[PROMPT], references=[tiny_image(32)], photos=[tiny_image(32)],
+                                       benign_prompts=benign), sd1)
+    firsts = [suite.target(suite.specs[0], i).benign_prompts for i in range(4)]
+    assert [f[0] for f in firsts] == benign + benign[:1]
+    assert all(sorted(f) == sorted(benign) for f in firsts)
+
+
 def test_report_shows_images_per_attack_with_flagged_ones_blurred(tmp_path):
     import base64
     import io

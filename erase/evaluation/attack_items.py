@@ -221,7 +221,9 @@ class AttackSuite(Suite):
                                     m.benign_instructions, i),  # Ring-A-Bell's concept-free pair
             photo=None if photo is None else [fit(photo.convert("RGB"), square)],
             mask=None if mask is None or path != "inpaint" else [fit(mask.convert("L"), square, mask=True)],
-            benign_prompts=list(m.benign_instructions if path in ("instruct", "kontext") else m.benign_prompts),
+            # the target's own benign text first (the image-space attack's benign instruction, the sweep's
+            # compound clause), the rest after it: every target is not attacked with the first one
+            benign_prompts=_rotated(m.benign_instructions if path in ("instruct", "kontext") else m.benign_prompts, i),
             anchor=m.anchor,
             negative_words=list(m.negative_words),
         )
@@ -448,6 +450,12 @@ class AttackSuite(Suite):
 
 def _paired(texts: Sequence[str], i: int) -> list[str]:
     return [str(texts[i % len(texts)])] if texts else []
+
+
+def _rotated(texts: Sequence[str], i: int) -> list[str]:
+    """texts starting at target i's own (i mod len), the others after it in order."""
+    k = i % len(texts) if texts else 0
+    return [str(t) for t in list(texts)[k:] + list(texts)[:k]]
 
 
 def _settings_of(res: Any) -> dict[str, Any]:

@@ -165,7 +165,13 @@ def attack_material(n: int, size: int, seed: int, concept: Any = None) -> Attack
     scenes = list(photos(n, seed))
     instructions = [HELDOUT_FORBIDDEN_INSTRUCTIONS[i % len(HELDOUT_FORBIDDEN_INSTRUCTIONS)] for i in range(n)]
     benign = [b for b, _ in benign_prompts(n, seed)]
-    benign_instr = [instr for _, instr, _ in edit_prompts(n, "recolour_shirt", seed)]
+    # Benign instructions that leave the figure as it is (a background change, held-out phrasing, one per photo):
+    # the route AdvI2I takes ("let the woman in the car"), which the content-preserving editor keeps the photo's
+    # content through; a shirt recolour would be redrawn whatever the photo shows.
+    benign_instr = []
+    for i, s in enumerate(scenes):
+        rng = np.random.default_rng(seed + 7_000 + i)
+        benign_instr.append(world.instruction(world.random_edit(s, "change_background", rng), rng, "heldout"))
     return AttackMaterial(
         prompts=prompts,
         instructions=instructions,

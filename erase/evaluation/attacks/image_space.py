@@ -1,6 +1,7 @@
 """Image-space attack on editors (AdvI2I-style; Zeng et al., ICML 2025, arXiv 2410.21471): a perturbation of the
-source photo, invisible at an L-inf budget of 8/255 or 16/255, that makes the editor produce the forbidden result
-from a benign instruction (or helps the forbidden instruction through a refusal).
+source photo that makes the editor produce the forbidden result from a benign instruction (or helps the forbidden
+instruction through a refusal). Budgets: 8/255 and 16/255 (invisible) and AdvI2I's own 32/255 and 64/255 (its
+default is 64/255; its Table 6 also runs 32/255 and 128/255).
 
 The attacker holds the weights (white-box) and edits only the photo. Projected gradient descent (Madry et al.):
 
@@ -79,7 +80,7 @@ class ImageSpace(Attack):
     needs_references = True  # reference images of the concept (forbidden results for editors)
     needs_photo = True  # a photo to edit on every family (text-to-image: the img2img path)
 
-    eps: tuple[float, ...] = (8 / 255, 16 / 255)  # L-inf budgets in [0, 1] pixel units (AdvI2I: 8/255, 16/255)
+    eps: tuple[float, ...] = (8 / 255, 16 / 255, 32 / 255, 64 / 255)  # L-inf budgets, [0, 1] pixel units (module doc)
     steps: int = 100  # PGD iterations per budget
     step_scale: float = 2.5  # alpha = step_scale * eps / steps (Madry et al.'s rule)
     objective: str = "result"  # "result" | "steer" | "latent"
