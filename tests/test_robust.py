@@ -54,6 +54,11 @@ def test_defaults_are_off_and_bad_keys_are_refused():
         RobustConfig.from_params({"image": {"weight": 1, "eps": 2.0}})
     with pytest.raises(MethodError, match="every"):
         RobustConfig.from_params({"relearn": {"weight": 1, "every": 0}})
+    with pytest.raises(MethodError, match=r"image.start must be one of \['zero', 'counterpart'\]"):
+        RobustConfig.from_params({"image": {"weight": 1, "start": "exposed"}})
+    with pytest.raises(MethodError, match="0 PGD steps only with start: counterpart"):
+        RobustConfig.from_params({"image": {"weight": 1, "steps": 0}})
+    assert RobustConfig.from_params({"image": {"weight": 1, "steps": 0, "start": "counterpart"}}).image.steps == 0
     with pytest.raises(MethodError, match=r"relearn.group must be one of \['trained', 'xattn-kv'.*'all'\].*'unet'"):
         RobustConfig.from_params({"relearn": {"weight": 1, "group": "unet"}})
     assert RobustConfig.from_params({"relearn": {"weight": 1}}).relearn.group == "all"  # what the attack fine-tunes
@@ -273,3 +278,46 @@ def test_image_adversary_raises_the_attacks_best_objective(tmp_path):
     before = attack_optimum()
     _descend(a, lambda: m.robust.loss(a.denoiser, 0, torch.Generator().manual_seed(0), site)[0], steps=4, lr=1e-3)
     assert attack_optimum() > before
+
+
+def test_counterpart_start_takes_the_exposed_photo_away_from_the_concept(tmp_path):
+    """image.start counterpart, eps 1, steps 0: the adversarial photo is the exposed counterpart itself (where an
+    encoder attack ends at any budget). Training on the term makes a benign instruction on that photo fit the
+    concept's prediction worse: the attack's objective at its end point goes up."""
+    a = tiny("ip2p")
+    m = EditRefusal(photos={"source": "toy", "n": 4}, batch_size=4, group="all",
+                    robust={"image": {"weight": 1.0, "every": 1, "steps": 0, "eps": 1.0, "start": "counterpart"}})
+    m.setup(a, CONCEPT, Original(a, lora=False), 0)
+    captured = {}
+    real = m.robust.loss
+    m.robust.loss = lambda model, step, g, site: (captured.setdefault("site", site), real(model, step, g, site))[1]
+    m.loss(a.denoiser, 0, torch.Generator().manual_seed(0))
+    m.robust.loss = real
+    site = captured["site"]
+    assert site.counterparts is not None and not torch.equal(site.counterparts, site.photos)
+    p = image_pgd(lambda q: q.sum(), site.photos.float(), m.robust.cfg.image, site.counterparts - site.photos)
+    torch.testing.assert_close(site.photos + p, site.counterparts)  # steps 0, eps 1: exactly the counterpart
+    exposed = a.image_condition(site.counterparts, site.masks)
+
+    def attack_objective() -> float:
+        with torch.no_grad():
+            return site.loss(a.predict(site.x_t, site.t, site.benign, exposed), site.concept, site.t).item()
+
+    before = attack_objective()
+    _descend(a, lambda: m.robust.loss(a.denoiser, 0, torch.Generator().manual_seed(0), site)[0], steps=4, lr=1e-4)
+    assert attack_objective() > 1.5 * before
+
+
+def test_counterpart_start_refused_without_counterparts(tmp_path):
+    from erase.methods.robust import RobustTerms, Site
+
+    a = tiny("ip2p")
+    terms = RobustTerms({"image": {"weight": 1.0, "every": 1, "steps": 0, "eps": 1.0, "start": "counterpart"}})
+    terms.setup(a, Original(a, lora=False), "edit_refusal", [], image_path=True)
+    x = torch.zeros(1, 3, 32, 32)
+    cond = a.encode_prompts(["make the shirt blue"])
+    site = Site(a.encode_images(x), a.sample_timesteps(1, torch.Generator().manual_seed(0)), cond,
+                a.image_condition(x), torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4, 4), lambda p, y, t: ((p - y) ** 2).mean(),
+                photos=x, benign=cond)
+    with pytest.raises(MethodError, match="counterpart.*needs photos with exposed counterparts"):
+        terms.loss(a.denoiser, 0, torch.Generator().manual_seed(0), site)

@@ -123,7 +123,7 @@ class EditRefusal(FineTuneMethod):
             self.benign = adapter.encode_prompts(benign).detach() if benign else None
             images = photos.photos.to(adapter.device)
             self.x0_photo = torch.cat([adapter.encode_images(images[i : i + 16]) for i in range(0, len(images), 16)])
-            self.x0_counter = None
+            self.x0_counter, self.counter_pixels = None, photos.counterparts
             if photos.counterparts is not None:
                 cp = photos.counterparts.to(adapter.device)
                 self.x0_counter = torch.cat([adapter.encode_images(cp[i : i + 16]) for i in range(0, len(cp), 16)])
@@ -217,7 +217,8 @@ class EditRefusal(FineTuneMethod):
             logs["text_agnostic"] = refused.item()
         site = lambda: Site(x_t, t, text, image, e_safe - self.eta * d, e_forb, lambda p, y, tt: prediction_loss(a, p, y, tt, self.loss_weighting),
                             self.photo_pixels[idx], None if self.photo_masks is None else self.photo_masks[idx.cpu()].to(a.device),
-                            None if self.benign is None else self.benign.select(torch.randint(len(self.benign), (b,), generator=g).to(a.device)))
+                            None if self.benign is None else self.benign.select(torch.randint(len(self.benign), (b,), generator=g).to(a.device)),
+                            None if self.counter_pixels is None else self.counter_pixels[idx.cpu()].to(a.device))
         return with_robust(self.robust, total, logs, model, step, g, site)
 
 

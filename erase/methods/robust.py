@@ -21,10 +21,15 @@ recipe that does not ask for them trains exactly as before), and computed at the
    a benign edit of a doctored photo yields the forbidden result):
 
        p* = argmin_{||p||_inf <= eps}  || model(x_t, B, I(x + p)) - e* ||^2
-       L_img = || model(x_t, E, I(x + p*)) - r ||^2 + || model(x_t, B, I(x + p*)) - original(x_t, B, I(x)) ||^2
+       L_img = || model(x_t, E, I(x + p*)) - r ||^2 + sum_{c in {B, ""}} || model(x_t, c, I(x + p*)) - original(x_t, c, I(x)) ||^2
 
-   The second part makes benign edits ignore the perturbation (the frozen editor is itself fooled by it, so its
-   prediction at the *clean* photo is the target).
+   The second part makes benign edits ignore the perturbation, in both branches the sampler's guidance mixes (the
+   instruction and the empty text; the frozen editor is itself fooled by it, so its prediction at the *clean*
+   photo is the target). `start: counterpart` starts PGD at the photo's exposed counterpart x~ (p0 = x~ - x,
+   clipped to the ball): the point an encoder attack aims at (attacks/image_space.py's "latent" objective). With
+   eps 1 and steps 0 the adversarial photo *is* the exposed counterpart, the end of every such attack at any
+   budget: benign edits of an exposed photo then follow the clothed photo's, so the editor no longer carries an
+   exposed source through a benign edit.
 
 3. Closed doors. Erasure moves nearby text with the concept; guidance away from a negative prompt "shirt" then
    points at whatever the model now puts where shirts were (issue 11's neutral-prompt finding). At the concept's
@@ -85,8 +90,9 @@ class ImageAdversary:
     weight: float = 0.0
     every: int = 4
     steps: int = 3
-    eps: float = 16 / 255  # L-inf radius in [0, 1] pixels (the harness attacks at 8/255 and 16/255)
+    eps: float = 16 / 255  # L-inf radius in [0, 1] pixels (the harness attacks at 8/255 to 64/255)
     step_scale: float = 2.5
+    start: str = "zero"  # "zero" (Madry et al.) or "counterpart" (the exposed counterpart, clipped to the ball)
 
 
 @dataclass
@@ -112,6 +118,7 @@ class RelearnResistance:
 
 
 RELEARN_GROUPS = ("trained", *MODULE_GROUPS)
+IMAGE_STARTS = ("zero", "counterpart")
 
 
 TERMS = {"embedding": EmbeddingAdversary, "image": ImageAdversary, "doors": ClosedDoors, "relearn": RelearnResistance}
@@ -139,8 +146,12 @@ class RobustConfig:
                 raise MethodError(f"unknown key(s) {bad} in method.params.robust.{name}; valid: {sorted(valid)}")
             part = kind(**given)
             for key in ("every", "steps", "inner_steps", "per_state"):
-                if hasattr(part, key) and int(getattr(part, key)) < 1:
-                    raise MethodError(f"method.params.robust.{name}.{key} must be a positive integer, not {getattr(part, key)}")
+                least = 0 if (key == "steps" and getattr(part, "start", "zero") == "counterpart") else 1
+                if hasattr(part, key) and int(getattr(part, key)) < least:
+                    raise MethodError(f"method.params.robust.{name}.{key} must be an integer >= {least}, not {getattr(part, key)}"
+                                      + (" (0 PGD steps only with start: counterpart)" if key == "steps" else ""))
+            if name == "image" and part.start not in IMAGE_STARTS:
+                raise MethodError(f"method.params.robust.image.start must be one of {list(IMAGE_STARTS)}, not {part.start!r}")
             if part.weight < 0:
                 raise MethodError(f"method.params.robust.{name}.weight must be >= 0 (0 turns it off), not {part.weight}")
             if hasattr(part, "eps") and not 0 < part.eps <= (1 if name == "image" else 10):
@@ -174,6 +185,7 @@ class Site:
     photos: Tensor | None = None  # the source photos in [-1, 1], one per state (image adversary)
     masks: Tensor | None = None
     benign: Conditioning | None = None  # benign instructions, one per state (image adversary)
+    counterparts: Tensor | None = None  # the photos' exposed counterparts in [-1, 1] (image adversary's start)
 
 
 class RobustTerms:
@@ -196,6 +208,9 @@ class RobustTerms:
                 f"{method}: robust.image perturbs the photo an editor takes as its condition; family "
                 f"{adapter.family!r} has no such photo path here (use edit_refusal on an instruct/inpaint/kontext "
                 f"family, or set robust.image.weight=0)")
+        if self.cfg.image.weight > 0:
+            with torch.no_grad():
+                self.empty = adapter.encode_prompts([""]).detach()
         doors = self.cfg.doors
         if doors.weight > 0:
             vocab = list(dict.fromkeys([*doors.words, *(doors.prompts or default_prompts), ""]))
@@ -237,16 +252,26 @@ class RobustTerms:
     def _image_term(self, model, site: Site, g: torch.Generator) -> Tensor:
         if site.photos is None:
             raise MethodError("robust.image needs the step's source photos (Site.photos); this method gives none")
+        cfg = self.cfg.image
         benign = site.benign if site.benign is not None else site.cond
         x = site.photos.float()
+        start = None
+        if cfg.start == "counterpart":
+            if site.counterparts is None:
+                raise MethodError("robust.image.start 'counterpart' needs photos with exposed counterparts "
+                                  "(a photo source that gives them, e.g. {source: toy} or a manifest's counterpart column)")
+            start = site.counterparts.float() - x
         image_of = lambda p: self.adapter.image_condition((x + p).clamp(-1, 1), site.masks)
         p = image_pgd(lambda q: site.loss(self._predict(model, site.x_t, site.t, benign, image_of(q)), site.concept, site.t),
-                      x, self.cfg.image)
+                      x, cfg, start)
         adv_image = image_of(p)
         term = site.loss(self._predict(model, site.x_t, site.t, site.cond, adv_image), site.refusal, site.t)
-        if site.benign is not None:
-            keep = self.original.predict(site.x_t, site.t, site.benign, site.image)  # the clean photo's benign edit
-            term = term + site.loss(self._predict(model, site.x_t, site.t, site.benign, adv_image), keep, site.t)
+        if site.benign is not None:  # benign edits and the image-only branch follow the clean photo's
+            texts = Conditioning.cat([site.benign, self.empty.repeat(len(site.x_t))])
+            x_t, t = torch.cat([site.x_t, site.x_t]), torch.cat([site.t, site.t])
+            twice = lambda image: ImageCondition(torch.cat([image.latents, image.latents]))
+            keep = self.original.predict(x_t, t, texts, twice(site.image))
+            term = term + site.loss(self._predict(model, x_t, t, texts, twice(adv_image)), keep, t)
         return term
 
 
@@ -276,11 +301,13 @@ def embedding_pgd(adapter: DiffusionAdapter, model: nn.Module, site: Site, cfg: 
     return make(deltas).detach()
 
 
-def image_pgd(attack_loss: Callable[[Tensor], Tensor], photos: Tensor, cfg: ImageAdversary) -> Tensor:
-    """The photo perturbation p* of the image adversary: L-inf PGD with sign steps, kept inside [-1, 1]."""
+def image_pgd(attack_loss: Callable[[Tensor], Tensor], photos: Tensor, cfg: ImageAdversary,
+              start: Tensor | None = None) -> Tensor:
+    """The photo perturbation p* of the image adversary: L-inf PGD with sign steps from `start` (zero by default),
+    kept inside the ball and [-1, 1]."""
     e = 2 * cfg.eps  # photos live in [-1, 1]: a [0, 1] budget is twice as wide there
-    alpha = cfg.step_scale * e / cfg.steps
-    p = torch.zeros_like(photos)
+    alpha = cfg.step_scale * e / max(cfg.steps, 1)
+    p = torch.zeros_like(photos) if start is None else ((photos + start.clamp(-e, e)).clamp(-1, 1) - photos).detach()
     for _ in range(cfg.steps):
         p.requires_grad_(True)
         (grad,) = torch.autograd.grad(attack_loss(p), [p])
