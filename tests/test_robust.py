@@ -130,13 +130,18 @@ def _esd_site(terms: dict, seed: int = 0):
     for n in a.module_group("xattn"):
         dict(a.denoiser.named_parameters())[n].requires_grad_(True)
     m = ESD(**FAST_ESD, eta=3.0, robust=terms)
+    return a, m, _first_site(m, a, seed)
+
+
+def _first_site(m, a: DiffusionAdapter, seed: int = 0):
+    """The Site of the method's first step (after setup on `a`), as the robust terms receive it."""
     m.setup(a, CONCEPT, Original(a, lora=False), seed)
     captured = {}
     real = m.robust.loss
     m.robust.loss = lambda model, step, g, site: (captured.setdefault("site", site), real(model, step, g, site))[1]
     m.loss(a.denoiser, 0, torch.Generator().manual_seed(seed))
     m.robust.loss = real
-    return a, m, captured["site"]
+    return captured["site"]
 
 
 def _descend(a, loss_fn, steps: int = 5, lr: float = 3e-3) -> None:
@@ -260,13 +265,7 @@ def test_image_adversary_raises_the_attacks_best_objective(tmp_path):
     benign edit toward the forbidden prediction less well."""
     a = tiny("ip2p")
     m = editor(robust={"image": {"weight": 1.0, "every": 1, "steps": 4}}, group="all")
-    m.setup(a, CONCEPT, Original(a, lora=False), 0)
-    captured = {}
-    real = m.robust.loss
-    m.robust.loss = lambda model, step, g, site: (captured.setdefault("site", site), real(model, step, g, site))[1]
-    m.loss(a.denoiser, 0, torch.Generator().manual_seed(0))
-    m.robust.loss = real
-    site, c = captured["site"], m.robust.cfg.image
+    site, c = _first_site(m, a), m.robust.cfg.image
     image_of = lambda p: a.image_condition((site.photos + p).clamp(-1, 1), site.masks)
     attack = lambda p: site.loss(a.predict(site.x_t, site.t, site.benign, image_of(p)), site.concept, site.t)
 
@@ -287,13 +286,7 @@ def test_counterpart_start_takes_the_exposed_photo_away_from_the_concept(tmp_pat
     a = tiny("ip2p")
     m = EditRefusal(photos={"source": "toy", "n": 4}, batch_size=4, group="all",
                     robust={"image": {"weight": 1.0, "every": 1, "steps": 0, "eps": 1.0, "start": "counterpart"}})
-    m.setup(a, CONCEPT, Original(a, lora=False), 0)
-    captured = {}
-    real = m.robust.loss
-    m.robust.loss = lambda model, step, g, site: (captured.setdefault("site", site), real(model, step, g, site))[1]
-    m.loss(a.denoiser, 0, torch.Generator().manual_seed(0))
-    m.robust.loss = real
-    site = captured["site"]
+    site = _first_site(m, a)
     assert site.counterparts is not None and not torch.equal(site.counterparts, site.photos)
     p = image_pgd(lambda q: q.sum(), site.photos.float(), m.robust.cfg.image, site.counterparts - site.photos)
     torch.testing.assert_close(site.photos + p, site.counterparts)  # steps 0, eps 1: exactly the counterpart
