@@ -4,8 +4,9 @@
     python scripts/toy_demo.py --quick          # smaller evaluation, for a first look
     python scripts/toy_demo.py --attacks        # plus every attack against base and erased models
 
-Runs the `experiment/toy_t2i` and `experiment/toy_editor` configs through the same entry point as `erase`,
-then prints one table and writes a leaderboard page. Everything lands in outputs/toy-demo/.
+Runs the `experiment/toy_t2i` and `experiment/toy_editor_robust` configs (the editor recipe with the robustness
+terms that measured best, docs/robustness.md) through the same entry point as `erase`, then prints one table and
+writes a leaderboard page. Everything lands in outputs/toy-demo/.
 
 With several experiments and cores, the experiments after the first run at the same time in child processes, one
 thread each, their logs in OUT/<experiment>.log: the toy models' small batches gain only ~1.3x from a second thread,
@@ -34,7 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="outputs/toy-demo")
     ap.add_argument("--quick", action="store_true", help="fewer evaluation items")
-    ap.add_argument("--experiments", nargs="+", default=["toy_t2i", "toy_editor"])
+    ap.add_argument("--experiments", nargs="+", default=["toy_t2i", "toy_editor_robust"])
     ap.add_argument("--attacks", action="store_true", help="also run every attack (eval=toy_attacks)")
     ap.add_argument("--jobs", type=int, default=min(2, len(os.sched_getaffinity(0))),
                     help="experiments run at once (one thread each when more than one)")

@@ -35,7 +35,8 @@ from typing import Any
 log = logging.getLogger("erase.toyworld")
 
 SEED_ROOT = Path(__file__).resolve().parent / "base_evals"
-EXPERIMENTS = ("toy_t2i", "toy_editor")  # the main job's experiments, whose base evaluations ship
+# the main job's experiments, whose base evaluations ship (toy_editor_robust evaluates as toy_editor: same key)
+EXPERIMENTS = ("toy_t2i", "toy_editor")
 MANIFEST = "seed.json"
 RECORDS = "parts/rank-0-of-1.jsonl"  # what the harness resumes from (one process)
 
