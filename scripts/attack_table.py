@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from erase.report.compare import Column, card_evaluation, columns_from_eval
-from erase.report.runs import _cell, attack_markdown
+from erase.report.runs import attack_markdown, text_cell
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for row in [*card["leakage"], *card["utility"]]:
         name = " / ".join(str(row[k]) for k in ("suite", "route", "protocol", "metric") if row.get(k) not in (None, "all"))
-        print("| " + " | ".join([name, *[_cell(row["values"].get(c)) for c in labels]]) + " |")
+        print("| " + " | ".join([name, *[text_cell(row["values"].get(c)) for c in labels]]) + " |")
     print()
     print(attack_markdown(card, columns=labels))
 

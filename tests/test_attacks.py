@@ -488,6 +488,32 @@ def _neutral_records(label: str, flagged: int, n: int = 32, attack: str = "neutr
              "settings": {"protocols": protocols}} for i in range(n)]
 
 
+def test_attack_table_script_puts_evaluations_side_by_side(tmp_path, capsys):
+    """scripts/attack_table.py (the docs' ablation tables): one column per evaluation folder, each attack row with
+    its rate, interval and n, and the neutral-text difference between the two named columns."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    for label, flagged in (("base", 0), ("erased", 12)):
+        (tmp_path / label / "eval").mkdir(parents=True)
+        with open(tmp_path / label / "eval" / "results.jsonl", "w") as f:
+            f.writelines(json.dumps({**r, "key": f"{label}{i}"}) + "\n" for i, r in enumerate(_neutral_records(label, flagged)))
+    path = Path(__file__).parents[1] / "scripts" / "attack_table.py"
+    spec = importlib.util.spec_from_file_location("attack_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = sys.argv
+    sys.argv = [str(path), f"base={tmp_path / 'base'}", f"erased={tmp_path / 'erased'}", "--base", "base", "--erased", "erased"]
+    try:
+        module.main()
+    finally:
+        sys.argv = argv
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| neutral-prompts [plain]"))
+    assert "0.0% [0-11] n=32" in row and "37.5% [23-55] n=32" in row and "CREATED" in row
+
+
 def test_newcombe_difference_matches_the_published_example():
     from erase.report.compare import newcombe_difference
     from erase.stats import Rate

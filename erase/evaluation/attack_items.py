@@ -222,7 +222,7 @@ class AttackSuite(Suite):
             photo=None if photo is None else [fit(photo.convert("RGB"), square)],
             mask=None if mask is None or path != "inpaint" else [fit(mask.convert("L"), square, mask=True)],
             # the target's own benign text first (the image-space attack's benign instruction, the sweep's
-            # compound clause), the rest after it: every target is not attacked with the first one
+            # compound clause), the rest after it, so that each target gets its own, not the first one
             benign_prompts=_rotated(m.benign_instructions if path in ("instruct", "kontext") else m.benign_prompts, i),
             anchor=m.anchor,
             negative_words=list(m.negative_words),

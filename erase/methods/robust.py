@@ -258,8 +258,9 @@ class RobustTerms:
         start = None
         if cfg.start == "counterpart":
             if site.counterparts is None:
-                raise MethodError("robust.image.start 'counterpart' needs photos with exposed counterparts "
-                                  "(a photo source that gives them, e.g. {source: toy} or a manifest's counterpart column)")
+                raise MethodError("robust.image.start 'counterpart' needs photos with exposed counterparts (a photo "
+                                  "source that gives them, such as the toy world's {source: toy}; a folder of "
+                                  "photos has none): use start 'zero'")
             start = site.counterparts.float() - x
         image_of = lambda p: self.adapter.image_condition((x + p).clamp(-1, 1), site.masks)
         p = image_pgd(lambda q: site.loss(self._predict(model, site.x_t, site.t, benign, image_of(q)), site.concept, site.t),

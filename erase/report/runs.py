@@ -88,7 +88,7 @@ def write_run_report(out: Path, columns: Sequence[Column], meta: Mapping[str, An
     return page, card_evaluation(columns, known_attacks())
 
 
-def _cell(rate: Mapping[str, Any] | None) -> str:
+def text_cell(rate: Mapping[str, Any] | None) -> str:
     if not rate or rate.get("rate") is None:
         return "-"
     if rate.get("ci95") is None:
@@ -123,7 +123,7 @@ def terminal_table(evaluation: Mapping[str, Any], base: str = "base", erased: st
         cols = [c for c in evaluation.get("columns") or [] if any(c in v for _, v in rows)][:3]
     table = [("", *cols, "change" if len(cols) == 2 and cols == [base, erased] else "")]
     for name, values in rows:
-        cells = [_cell(values.get(c)) for c in cols]
+        cells = [text_cell(values.get(c)) for c in cols]
         table.append((name, *cells, _delta(values.get(base), values.get(erased)) if cols == [base, erased] else ""))
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
@@ -150,7 +150,7 @@ def attack_markdown(evaluation: Mapping[str, Any], columns: Sequence[str] = ("ba
         if d:
             lo, hi = d["ci95"]
             diff = f"{100 * d['delta']:+.1f} pts [{100 * lo:+.0f}, {100 * hi:+.0f}]" + (" CREATED" if d["created"] else "")
-        cells = [r["attack"], str(r.get("threat model") or ""), *[_cell(r["values"].get(c)) for c in cols], diff]
+        cells = [r["attack"], str(r.get("threat model") or ""), *[text_cell(r["values"].get(c)) for c in cols], diff]
         name = r["attack"].split(" [", 1)[0]
         for c in timed:  # per attack (all its variants together): on its first row
             t = seconds[c].get(name) if name not in shown else None  # type: ignore[index]
