@@ -97,6 +97,22 @@ def test_edit_refusal_terms_run(family, tmp_path):
     assert {f"robust_{k}" for k in terms} <= set(r.history[-1])
 
 
+def test_counterpart_image_term_runs_on_every_editor_and_resumes(tmp_path):
+    """start counterpart, steps 0 (the main job's editor recipe) on every photo path, and a resumed run ends with
+    the weights of an uninterrupted one."""
+    terms = {"image": {"weight": 1.0, "every": 1, "steps": 0, "eps": 1.0, "start": "counterpart"}}
+    for family in ("ip2p", "sd-inpaint", "kontext"):
+        r = train(editor(robust=terms), tiny(family), CONCEPT, cfg(), tmp_path / family)
+        assert r.history[-1]["robust_image"] > 0, family
+    kw = dict(steps=4, checkpoint_every=2, lr=1e-2)
+    a, b, c = tiny("ip2p"), tiny("ip2p"), tiny("ip2p")
+    train(editor(robust=terms), a, CONCEPT, cfg(**kw), tmp_path / "full")
+    train(editor(robust=terms), b, CONCEPT, cfg(stop_after=2, **kw), tmp_path / "cut")
+    assert train(editor(robust=terms), c, CONCEPT, cfg(**kw), tmp_path / "cut").resumed_from == 2
+    for (n, p), q in zip(a.denoiser.named_parameters(), c.denoiser.parameters()):
+        assert torch.equal(p, q), n
+
+
 @pytest.mark.parametrize("group", ["all", "trained"])
 def test_relearn_groups_run_on_esd_and_edit_refusal(group, tmp_path):
     terms = {"relearn": {"weight": 1.0, "every": 1, "inner_steps": 2, "group": group}}
