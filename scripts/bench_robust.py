@@ -29,6 +29,8 @@ CONCEPT = Concept(id="toy", prompts=["a shirtless person"], anchor="a person", p
 TERMS = {
     "embedding": {"weight": 1.0, "every": 1, "steps": 3},
     "image": {"weight": 1.0, "every": 1, "steps": 3},
+    # the main job's editor recipe: the photo's exposed counterpart, no PGD
+    "image-counterpart": {"weight": 1.0, "every": 1, "steps": 0, "eps": 1.0, "start": "counterpart"},
     "doors": {"weight": 1.0, "words": ["shirt", "top"]},
     "relearn": {"weight": 1.0, "every": 1, "inner_steps": 2},  # group "all" (the default): every weight stepped
     "relearn-trained": {"weight": 1.0, "every": 1, "inner_steps": 2, "group": "trained"},  # the trained ones only
@@ -65,7 +67,7 @@ def main() -> None:
     torch.manual_seed(0)
     median = lambda xs: sorted(xs)[len(xs) // 2]
     for family in args.families.split(","):
-        terms = {n: p for n, p in TERMS.items() if n != "image" or family in ("ip2p", "sd-inpaint", "kontext")}
+        terms = {n: p for n, p in TERMS.items() if not n.startswith("image") or family in ("ip2p", "sd-inpaint", "kontext")}
         runs = {"off": stepper(family, {}), **{n: stepper(family, {n.split("-")[0]: p}) for n, p in terms.items()}}
         times = {n: [] for n in runs}
         for step in range(1, args.steps + 1):  # interleaved: a change in load hits every variant alike
