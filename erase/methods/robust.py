@@ -308,12 +308,13 @@ def image_pgd(attack_loss: Callable[[Tensor], Tensor], photos: Tensor, cfg: Imag
     kept inside the ball and [-1, 1]."""
     e = 2 * cfg.eps  # photos live in [-1, 1]: a [0, 1] budget is twice as wide there
     alpha = cfg.step_scale * e / max(cfg.steps, 1)
-    p = torch.zeros_like(photos) if start is None else ((photos + start.clamp(-e, e)).clamp(-1, 1) - photos).detach()
+    project = lambda d: ((photos + d.clamp(-e, e)).clamp(-1, 1) - photos).detach()  # into the ball and [-1, 1]
+    p = torch.zeros_like(photos) if start is None else project(start)
     for _ in range(cfg.steps):
         p.requires_grad_(True)
         (grad,) = torch.autograd.grad(attack_loss(p), [p])
         with torch.no_grad():
-            p = ((photos + (p - alpha * grad.sign()).clamp(-e, e)).clamp(-1, 1) - photos).detach()
+            p = project(p - alpha * grad.sign())
     return p
 
 
